@@ -1,0 +1,75 @@
+//! `tracing` setup shared by every lapseguard binary.
+//!
+//! In cluster mode (stdout is not a terminal) each event is one JSON object per line
+//! with a constant `service` field, so a log collector can route and filter without
+//! parsing; on a terminal the human format is used.
+
+use std::fmt;
+use std::io::IsTerminal;
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::format::{Format, Json, JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use crate::config::LogFormat;
+
+/// Wraps the JSON formatter and adds `"service":"<name>"` as the first field.
+struct WithService {
+    service: &'static str,
+    inner: Format<Json>,
+}
+
+impl<S, N> FormatEvent<S, N> for WithService
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut line = String::new();
+        self.inner
+            .format_event(ctx, Writer::new(&mut line), event)?;
+        match line.strip_prefix('{') {
+            Some(rest) => write!(writer, "{{\"service\":\"{}\",{}", self.service, rest),
+            None => writer.write_str(&line),
+        }
+    }
+}
+
+/// Initialises the global subscriber. Safe to call more than once (later calls are no-ops).
+pub fn init(service: &'static str, format: LogFormat, filter: &str) {
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|f| EnvFilter::try_new(f).ok())
+        .or_else(|| EnvFilter::try_new(filter).ok())
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    let json = match format {
+        LogFormat::Json => true,
+        LogFormat::Pretty => false,
+        LogFormat::Auto => !std::io::stdout().is_terminal(),
+    };
+    if json {
+        let inner = tracing_subscriber::fmt::format()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false);
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .fmt_fields(JsonFields::new())
+            .event_format(WithService { service, inner })
+            .with_writer(std::io::stdout)
+            .try_init();
+    } else {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}
