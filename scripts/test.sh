@@ -22,6 +22,10 @@ set -a
 . target/services.env
 set +a
 
+log "fetching the face model and ONNX Runtime"
+eval "$(scripts/fetch-models.sh)"
+export ORT_DYLIB_PATH LAPSEGUARD_MODEL_PATH
+
 log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -13,7 +13,7 @@ pub mod problem;
 pub mod relay;
 pub mod settings;
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -26,7 +26,8 @@ use lapseguard_core::catalog::{Catalog, PgCatalog};
 use lapseguard_core::config::InfraSettings;
 use lapseguard_core::objects::{ObjectStore, S3Store};
 use lapseguard_core::queue::{AmqpPublisher, JobPublisher};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use lapseguard_core::telemetry::metrics_handle;
+use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -99,27 +100,6 @@ impl AppState {
 
 fn hostname() -> String {
     std::env::var("HOSTNAME").unwrap_or_else(|_| "local".into())
-}
-
-/// The process-wide Prometheus recorder (installed once, shared by every state).
-pub fn metrics_handle() -> PrometheusHandle {
-    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let builder = PrometheusBuilder::new()
-                .set_buckets_for_metric(
-                    Matcher::Suffix("_seconds".into()),
-                    &[
-                        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-                    ],
-                )
-                .unwrap_or_else(|_| PrometheusBuilder::new());
-            let recorder = builder.build_recorder();
-            let handle = recorder.handle();
-            let _ = metrics::set_global_recorder(recorder);
-            handle
-        })
-        .clone()
 }
 
 async fn record_metrics(req: Request, next: Next) -> Response {
