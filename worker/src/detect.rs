@@ -1,0 +1,535 @@
+//! Face detection: the [`FaceDetector`] port and its CenterFace/ONNX Runtime adapter.
+//!
+//! Wide timelapse frames show people far away. The detector therefore runs
+//! 1. the whole frame, scaled so its longer side is at most `detect_max_side`, and
+//! 2. when the frame is larger than that, overlapping tiles at native resolution,
+//!
+//! and merges everything with non-maximum suppression. Model facts (input layout,
+//! output decoding) are in `docs/centerface.md`.
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use fast_image_resize as fr;
+use image::RgbImage;
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// One face in image coordinates (pixels, x2/y2 exclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Face {
+    pub x1: f32,
+    pub y1: f32,
+    pub x2: f32,
+    pub y2: f32,
+    pub score: f32,
+}
+
+impl Face {
+    pub fn width(&self) -> f32 {
+        (self.x2 - self.x1).max(0.0)
+    }
+    pub fn height(&self) -> f32 {
+        (self.y2 - self.y1).max(0.0)
+    }
+    fn area(&self) -> f32 {
+        self.width() * self.height()
+    }
+    pub fn iou(&self, o: &Face) -> f32 {
+        let iw = (self.x2.min(o.x2) - self.x1.max(o.x1)).max(0.0);
+        let ih = (self.y2.min(o.y2) - self.y1.max(o.y1)).max(0.0);
+        let inter = iw * ih;
+        let union = self.area() + o.area() - inter;
+        if union <= 0.0 { 0.0 } else { inter / union }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("cannot load ONNX Runtime from {path}: {reason}")]
+    Runtime { path: String, reason: String },
+    #[error("execution provider {0} is not available in this ONNX Runtime build")]
+    ProviderMissing(&'static str),
+    #[error("cannot load model {path}: {reason}")]
+    Model { path: String, reason: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Finds faces. Implementations may keep per-instance state (an inference session),
+/// hence `&mut self`; run one instance per thread.
+pub trait FaceDetector: Send {
+    fn detect(&mut self, image: &RgbImage) -> Result<Vec<Face>, DetectError>;
+    /// Identifies model and settings (recorded with every result).
+    fn model_id(&self) -> String;
+}
+
+/// Where inference runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// ONNX Runtime's CPU provider.
+    #[default]
+    Cpu,
+    /// ONNX Runtime's CUDA provider; start-up fails if it is missing.
+    Cuda,
+    /// CUDA when available, CPU otherwise (logged).
+    Auto,
+}
+
+/// What the session should be built with, decided from the wanted device and what the
+/// runtime offers. Pure, so that the policy is tested without a GPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+}
+
+pub fn select_provider(wanted: Device, cuda_available: bool) -> Result<Provider, DetectError> {
+    match (wanted, cuda_available) {
+        (Device::Cpu, _) => Ok(Provider::Cpu),
+        (Device::Cuda, true) | (Device::Auto, true) => Ok(Provider::Cuda),
+        (Device::Cuda, false) => Err(DetectError::ProviderMissing("CUDAExecutionProvider")),
+        (Device::Auto, false) => Ok(Provider::Cpu),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct DetectorConfig {
+    /// Prepared CenterFace model (see `scripts/fetch-models.sh`).
+    pub model_path: PathBuf,
+    /// `libonnxruntime.so` to load; empty = `ORT_DYLIB_PATH`.
+    pub ort_dylib_path: PathBuf,
+    pub device: Device,
+    /// Faces scoring above this are blurred.
+    pub threshold: f32,
+    /// Overlap above which two boxes are the same face.
+    pub nms_iou: f32,
+    /// Longer side of the whole-frame pass (multiple of 32). Larger frames are also
+    /// scanned in native-resolution tiles.
+    pub max_side: u32,
+    /// Largest tile side (multiple of 32) of the native-resolution pass.
+    pub tile_size: u32,
+    /// Tile overlap in pixels: faces up to this size on a seam are seen whole in a tile.
+    pub tile_overlap: u32,
+    /// ONNX Runtime intra-op threads per detector instance (0 = runtime default).
+    pub threads: usize,
+}
+
+impl Default for DetectorConfig {
+    fn default() -> Self {
+        Self {
+            model_path: PathBuf::new(),
+            ort_dylib_path: PathBuf::new(),
+            device: Device::Cpu,
+            threshold: 0.2,
+            nms_iou: 0.3,
+            max_side: 1920,
+            tile_size: 2048,
+            tile_overlap: 96,
+            threads: 0,
+        }
+    }
+}
+
+/// A region of the image and the network input size it is stretched to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    pub x: u32,
+    pub y: u32,
+    pub w: u32,
+    pub h: u32,
+    pub in_w: u32,
+    pub in_h: u32,
+}
+
+fn round_up32(v: u32) -> u32 {
+    v.div_ceil(32).max(1) * 32
+}
+
+/// Splits `len` into `n` overlapping segments no longer than `tile`.
+fn segments(len: u32, tile: u32, overlap: u32) -> Vec<(u32, u32)> {
+    if len <= tile {
+        return vec![(0, len)];
+    }
+    let step = tile.saturating_sub(overlap).max(32);
+    let n = (len - overlap).div_ceil(step);
+    let seg = (len + (n - 1) * overlap).div_ceil(n).min(len);
+    (0..n)
+        .map(|i| {
+            let start = if n == 1 {
+                0
+            } else {
+                ((len - seg) as u64 * i as u64 / (n - 1) as u64) as u32
+            };
+            (start, seg)
+        })
+        .collect()
+}
+
+/// The passes for a `w`×`h` frame: the whole frame at most `max_side`, plus native
+/// tiles when the frame is larger.
+pub fn plan(w: u32, h: u32, cfg: &DetectorConfig) -> Vec<Pass> {
+    let longer = w.max(h).max(1);
+    let s = (cfg.max_side as f64 / longer as f64).min(1.0);
+    let mut passes = vec![Pass {
+        x: 0,
+        y: 0,
+        w,
+        h,
+        in_w: round_up32(((w as f64 * s).round() as u32).max(1)),
+        in_h: round_up32(((h as f64 * s).round() as u32).max(1)),
+    }];
+    if s < 1.0 {
+        for (y, th) in segments(h, cfg.tile_size, cfg.tile_overlap) {
+            for (x, tw) in segments(w, cfg.tile_size, cfg.tile_overlap) {
+                passes.push(Pass {
+                    x,
+                    y,
+                    w: tw,
+                    h: th,
+                    in_w: round_up32(tw),
+                    in_h: round_up32(th),
+                });
+            }
+        }
+    }
+    passes
+}
+
+/// Greedy NMS, highest score first (CenterFace's own rule: drop at IoU ≥ `iou`).
+pub fn nms(mut faces: Vec<Face>, iou: f32) -> Vec<Face> {
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut keep: Vec<Face> = Vec::with_capacity(faces.len());
+    for f in faces {
+        if keep.iter().all(|k| k.iou(&f) < iou) {
+            keep.push(f);
+        }
+    }
+    keep
+}
+
+/// Decodes CenterFace outputs of one input (`h`×`w` grid) into boxes in input pixels.
+pub fn decode(
+    heat: &[f32],
+    scale: &[f32],
+    offset: &[f32],
+    (grid_w, grid_h): (usize, usize),
+    (in_w, in_h): (f32, f32),
+    threshold: f32,
+) -> Vec<Face> {
+    let plane = grid_w * grid_h;
+    let mut out = Vec::new();
+    for r in 0..grid_h {
+        for c in 0..grid_w {
+            let i = r * grid_w + c;
+            let score = heat[i];
+            if score <= threshold {
+                continue;
+            }
+            let sh = scale[i].exp() * 4.0;
+            let sw = scale[plane + i].exp() * 4.0;
+            let oy = offset[i];
+            let ox = offset[plane + i];
+            let x1 = ((c as f32 + ox + 0.5) * 4.0 - sw / 2.0).max(0.0).min(in_w);
+            let y1 = ((r as f32 + oy + 0.5) * 4.0 - sh / 2.0).max(0.0).min(in_h);
+            out.push(Face {
+                x1,
+                y1,
+                x2: (x1 + sw).min(in_w),
+                y2: (y1 + sh).min(in_h),
+                score,
+            });
+        }
+    }
+    out
+}
+
+static ORT_ENV: OnceLock<Result<ort::environment::Environment, String>> = OnceLock::new();
+
+fn environment(dylib: &Path) -> Result<&'static ort::environment::Environment, DetectError> {
+    let path = if dylib.as_os_str().is_empty() {
+        std::env::var_os("ORT_DYLIB_PATH")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"))
+    } else {
+        dylib.to_path_buf()
+    };
+    ORT_ENV
+        .get_or_init(|| {
+            ort::init_from(&path)
+                .map_err(|e| e.to_string())?
+                .with_name("lapseguard")
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|reason| DetectError::Runtime {
+            path: path.display().to_string(),
+            reason: reason.clone(),
+        })
+}
+
+/// CenterFace through ONNX Runtime.
+pub struct CenterFace {
+    session: Session,
+    cfg: DetectorConfig,
+    provider: Provider,
+    resizer: fr::Resizer,
+}
+
+impl CenterFace {
+    pub fn load(cfg: &DetectorConfig) -> Result<Self, DetectError> {
+        let env = environment(&cfg.ort_dylib_path)?;
+        let model_err = |reason: String| DetectError::Model {
+            path: cfg.model_path.display().to_string(),
+            reason,
+        };
+        let cuda_available = {
+            use ort::ep::ExecutionProvider;
+            ort::ep::CUDA::is_available().unwrap_or(false)
+        };
+        let provider = select_provider(cfg.device, cuda_available)?;
+        if cfg.device == Device::Auto && provider == Provider::Cpu {
+            tracing::warn!("device=auto: CUDA provider not available, running on CPU");
+        }
+        let mut builder = Session::builder(env)
+            .map_err(|e| model_err(e.to_string()))?
+            .with_optimization_level(GraphOptimizationLevel::All)
+            .map_err(|e| model_err(e.to_string()))?;
+        if cfg.threads > 0 {
+            builder = builder
+                .with_intra_threads(cfg.threads)
+                .map_err(|e| model_err(e.to_string()))?
+                .with_inter_threads(1)
+                .map_err(|e| model_err(e.to_string()))?;
+        }
+        if provider == Provider::Cuda {
+            builder = builder
+                .with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])
+                .map_err(|e| model_err(format!("registering CUDA provider: {e}")))?;
+        }
+        let session = builder
+            .commit_from_file(&cfg.model_path)
+            .map_err(|e| model_err(e.to_string()))?;
+        Ok(Self {
+            session,
+            cfg: cfg.clone(),
+            provider,
+            resizer: fr::Resizer::new(),
+        })
+    }
+
+    pub fn provider(&self) -> Provider {
+        self.provider
+    }
+
+    fn run_pass(&mut self, image: &RgbImage, p: &Pass) -> Result<Vec<Face>, DetectError> {
+        let region = image::imageops::crop_imm(image, p.x, p.y, p.w, p.h).to_image();
+        let input: RgbImage = if (p.in_w, p.in_h) == (p.w, p.h) {
+            region
+        } else {
+            let src = fr::images::ImageRef::new(p.w, p.h, region.as_raw(), fr::PixelType::U8x3)
+                .map_err(|e| DetectError::Inference(e.to_string()))?;
+            let mut dst = fr::images::Image::new(p.in_w, p.in_h, fr::PixelType::U8x3);
+            self.resizer
+                .resize(
+                    &src,
+                    &mut dst,
+                    &fr::ResizeOptions::new()
+                        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear)),
+                )
+                .map_err(|e| DetectError::Inference(e.to_string()))?;
+            RgbImage::from_raw(p.in_w, p.in_h, dst.into_vec())
+                .ok_or_else(|| DetectError::Inference("resize produced a short buffer".into()))?
+        };
+        let (w, h) = (p.in_w as usize, p.in_h as usize);
+        let plane = w * h;
+        let mut chw = vec![0f32; 3 * plane];
+        for (i, px) in input.as_raw().chunks_exact(3).enumerate() {
+            chw[i] = px[0] as f32;
+            chw[plane + i] = px[1] as f32;
+            chw[2 * plane + i] = px[2] as f32;
+        }
+        let tensor = Tensor::from_array(([1usize, 3, h, w], chw.into_boxed_slice()))
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input.1" => tensor])
+            .map_err(|e| DetectError::Inference(e.to_string()))?;
+        let get = |name: &str| -> Result<(Vec<i64>, &[f32]), DetectError> {
+            let (shape, data) = outputs[name]
+                .try_extract_tensor::<f32>()
+                .map_err(|e| DetectError::Inference(format!("output {name}: {e}")))?;
+            Ok((shape.iter().copied().collect(), data))
+        };
+        let (hs, heat) = get("537")?;
+        let (_, scale) = get("538")?;
+        let (_, offset) = get("539")?;
+        if hs.len() != 4 {
+            return Err(DetectError::Inference(format!(
+                "unexpected heatmap shape {hs:?}"
+            )));
+        }
+        let (gh, gw) = (hs[2] as usize, hs[3] as usize);
+        if heat.len() < gh * gw || scale.len() < 2 * gh * gw || offset.len() < 2 * gh * gw {
+            return Err(DetectError::Inference("output tensors too small".into()));
+        }
+        let sx = p.in_w as f32 / p.w as f32;
+        let sy = p.in_h as f32 / p.h as f32;
+        Ok(decode(
+            heat,
+            scale,
+            offset,
+            (gw, gh),
+            (p.in_w as f32, p.in_h as f32),
+            self.cfg.threshold,
+        )
+        .into_iter()
+        .map(|f| Face {
+            x1: f.x1 / sx + p.x as f32,
+            y1: f.y1 / sy + p.y as f32,
+            x2: f.x2 / sx + p.x as f32,
+            y2: f.y2 / sy + p.y as f32,
+            score: f.score,
+        })
+        .collect())
+    }
+}
+
+impl FaceDetector for CenterFace {
+    fn detect(&mut self, image: &RgbImage) -> Result<Vec<Face>, DetectError> {
+        let mut all = Vec::new();
+        for p in plan(image.width(), image.height(), &self.cfg) {
+            all.extend(self.run_pass(image, &p)?);
+        }
+        Ok(nms(all, self.cfg.nms_iou))
+    }
+
+    fn model_id(&self) -> String {
+        let name = self
+            .cfg
+            .model_path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "model".into());
+        format!(
+            "{name}@thr={},max_side={},tile={}",
+            self.cfg.threshold, self.cfg.max_side, self.cfg.tile_size
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn provider_selection() {
+        assert_eq!(select_provider(Device::Cpu, true).unwrap(), Provider::Cpu);
+        assert_eq!(select_provider(Device::Cuda, true).unwrap(), Provider::Cuda);
+        assert!(matches!(
+            select_provider(Device::Cuda, false),
+            Err(DetectError::ProviderMissing(_))
+        ));
+        assert_eq!(select_provider(Device::Auto, false).unwrap(), Provider::Cpu);
+        assert_eq!(select_provider(Device::Auto, true).unwrap(), Provider::Cuda);
+    }
+
+    #[test]
+    fn plan_small_frame_is_one_pass_rounded_to_32() {
+        let cfg = DetectorConfig::default();
+        let p = plan(1920, 1080, &cfg);
+        assert_eq!(p.len(), 1);
+        assert_eq!((p[0].in_w, p[0].in_h), (1920, 1088));
+        let p = plan(500, 300, &cfg);
+        assert_eq!((p[0].in_w, p[0].in_h), (512, 320));
+    }
+
+    #[test]
+    fn plan_4k_adds_native_tiles_covering_everything_with_overlap() {
+        let cfg = DetectorConfig::default();
+        let (w, h) = (3840, 2160);
+        let p = plan(w, h, &cfg);
+        assert_eq!((p[0].in_w, p[0].in_h), (1920, 1088));
+        let tiles = &p[1..];
+        assert_eq!(tiles.len(), 4);
+        for t in tiles {
+            assert!(t.w <= cfg.tile_size && t.h <= cfg.tile_size);
+            assert_eq!(t.in_w % 32, 0);
+            assert_eq!(t.in_h % 32, 0);
+            assert!(t.x + t.w <= w && t.y + t.h <= h);
+            // Native resolution: at most rounding up to the next multiple of 32.
+            assert!(t.in_w >= t.w && t.in_w - t.w < 32);
+        }
+        // Every pixel is covered, and neighbouring tiles overlap by at least the overlap.
+        for (y, x) in [(0, 0), (h - 1, w - 1), (1080, 1920), (0, w - 1), (h - 1, 0)] {
+            assert!(
+                tiles
+                    .iter()
+                    .any(|t| x >= t.x && x < t.x + t.w && y >= t.y && y < t.y + t.h)
+            );
+        }
+        let xs: Vec<_> = tiles.iter().filter(|t| t.y == 0).collect();
+        assert!(xs[0].x + xs[0].w >= xs[1].x + cfg.tile_overlap);
+    }
+
+    #[test]
+    fn segments_are_even_and_bounded() {
+        assert_eq!(segments(1000, 2048, 96), vec![(0, 1000)]);
+        let s = segments(7680, 2048, 96);
+        assert_eq!(s.len(), 4);
+        assert_eq!(s.last().unwrap().0 + s.last().unwrap().1, 7680);
+        assert!(s.iter().all(|&(_, l)| l <= 2048));
+    }
+
+    #[test]
+    fn nms_keeps_best_of_overlapping_boxes() {
+        let a = Face {
+            x1: 0.0,
+            y1: 0.0,
+            x2: 10.0,
+            y2: 10.0,
+            score: 0.9,
+        };
+        let b = Face {
+            x1: 1.0,
+            y1: 1.0,
+            x2: 11.0,
+            y2: 11.0,
+            score: 0.8,
+        };
+        let c = Face {
+            x1: 50.0,
+            y1: 50.0,
+            x2: 60.0,
+            y2: 60.0,
+            score: 0.5,
+        };
+        let kept = nms(vec![b, c, a], 0.3);
+        assert_eq!(kept, vec![a, c]);
+    }
+
+    #[test]
+    fn decode_follows_centerface_formulas() {
+        // 2x2 grid, one hot cell at row 1, col 0.
+        let heat = [0.0, 0.1, 0.9, 0.0];
+        let mut scale = [0f32; 8];
+        scale[2] = (8.0f32 / 4.0).ln(); // height 8
+        scale[4 + 2] = (4.0f32 / 4.0).ln(); // width 4
+        let mut offset = [0f32; 8];
+        offset[2] = 0.25; // y
+        offset[4 + 2] = -0.25; // x
+        let f = decode(&heat, &scale, &offset, (2, 2), (8.0, 8.0), 0.2);
+        assert_eq!(f.len(), 1);
+        let f = f[0];
+        // cx = (0 - 0.25 + 0.5) * 4 = 1 -> x1 = max(0, 1 - 2) = 0, x2 = 4
+        // cy = (1 + 0.25 + 0.5) * 4 = 7 -> y1 = 3, y2 = min(11, 8) = 8
+        assert!((f.x1 - 0.0).abs() < 1e-5 && (f.x2 - 4.0).abs() < 1e-5);
+        assert!((f.y1 - 3.0).abs() < 1e-5 && (f.y2 - 8.0).abs() < 1e-5);
+        assert!((f.score - 0.9).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,79 @@
+//! lapseguard worker: finds every face and blurs it.
+//!
+//! - [`detect`]: the detector port and the CenterFace/ONNX Runtime adapter (whole frame
+//!   plus native-resolution tiles).
+//! - [`anonymize`]: irreversible, face-scaled blurring inside elliptical masks.
+//! - [`codec`]: decoding with EXIF orientation, encoding without metadata.
+//! - [`pipeline`]: one image end to end, with a bounded detector pool.
+//! - [`consumer`]: the RabbitMQ consumer (claim, fetch, anonymize, record, ack).
+
+pub mod anonymize;
+pub mod codec;
+pub mod consumer;
+pub mod detect;
+pub mod pipeline;
+pub mod settings;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+
+use crate::consumer::Health;
+use crate::detect::{CenterFace, DetectError, FaceDetector};
+use crate::pipeline::{DetectorPool, Processor};
+use crate::settings::WorkerSettings;
+
+/// Loads `n` detector instances (each with its own inference session).
+pub fn load_detectors(
+    settings: &WorkerSettings,
+    n: usize,
+) -> Result<Arc<DetectorPool>, DetectError> {
+    let cfg = settings.detector();
+    let mut detectors: Vec<Box<dyn FaceDetector>> = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        detectors.push(Box::new(CenterFace::load(&cfg)?));
+    }
+    Ok(DetectorPool::new(detectors))
+}
+
+pub fn processor(settings: &WorkerSettings, detectors: Arc<DetectorPool>) -> Processor {
+    Processor {
+        detectors,
+        anonymize: settings.anonymize(),
+        output: settings.output(),
+    }
+}
+
+#[derive(Clone)]
+struct HealthState {
+    health: Arc<Health>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+}
+
+/// `/livez` (the process serves), `/readyz` (model loaded, consuming from RabbitMQ),
+/// `/metrics`.
+pub fn health_router(health: Arc<Health>) -> Router {
+    Router::new()
+        .route("/livez", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(|State(s): State<HealthState>| async move {
+                if s.health.consuming.load(std::sync::atomic::Ordering::SeqCst) {
+                    (StatusCode::OK, "consuming")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "not consuming")
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(|State(s): State<HealthState>| async move { s.metrics.render() }),
+        )
+        .with_state(HealthState {
+            health,
+            metrics: lapseguard_core::telemetry::metrics_handle(),
+        })
+}

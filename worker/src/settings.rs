@@ -1,0 +1,128 @@
+//! Worker settings (the shared ones are [`lapseguard_core::config::InfraSettings`]).
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::anonymize::{AnonymizeConfig, BlurMode, MaskShape};
+use crate::detect::{DetectorConfig, Device};
+use crate::pipeline::OutputConfig;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerSettings {
+    /// Address of `/livez`, `/readyz` and `/metrics`.
+    pub worker_listen: String,
+    /// Jobs in flight at once (AMQP prefetch).
+    pub worker_concurrency: u16,
+    /// Detector instances (each an inference session); 0 = 1 on CPU.
+    pub worker_detectors: usize,
+    /// Attempts before a job is given up (failed + dead-lettered) on transient errors.
+    pub worker_max_attempts: i32,
+    /// Seconds to finish in-flight jobs after SIGTERM.
+    pub worker_shutdown_grace_secs: u64,
+    pub worker_device: Device,
+    /// ONNX Runtime intra-op threads per detector (0 = all cores).
+    pub worker_threads: usize,
+    pub model_path: PathBuf,
+    /// Path of `libonnxruntime.so`; empty = `ORT_DYLIB_PATH`.
+    pub ort_dylib_path: PathBuf,
+    pub detect_threshold: f32,
+    pub detect_nms_iou: f32,
+    pub detect_max_side: u32,
+    pub detect_tile_size: u32,
+    pub detect_tile_overlap: u32,
+    pub blur_mode: BlurMode,
+    pub mask_shape: MaskShape,
+    pub mask_scale: f32,
+    pub jpeg_quality: u8,
+    pub keep_capture_time: bool,
+    pub max_image_pixels: u64,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        let d = DetectorConfig::default();
+        let a = AnonymizeConfig::default();
+        let o = OutputConfig::default();
+        Self {
+            worker_listen: "0.0.0.0:9090".into(),
+            worker_concurrency: 3,
+            worker_detectors: 0,
+            worker_max_attempts: 5,
+            worker_shutdown_grace_secs: 60,
+            worker_device: Device::Cpu,
+            worker_threads: 0,
+            model_path: PathBuf::new(),
+            ort_dylib_path: PathBuf::new(),
+            detect_threshold: d.threshold,
+            detect_nms_iou: d.nms_iou,
+            detect_max_side: d.max_side,
+            detect_tile_size: d.tile_size,
+            detect_tile_overlap: d.tile_overlap,
+            blur_mode: a.mode,
+            mask_shape: a.shape,
+            mask_scale: a.mask_scale,
+            jpeg_quality: o.jpeg_quality,
+            keep_capture_time: o.keep_capture_time,
+            max_image_pixels: o.max_pixels,
+        }
+    }
+}
+
+impl WorkerSettings {
+    pub fn detector(&self) -> DetectorConfig {
+        DetectorConfig {
+            model_path: self.model_path.clone(),
+            ort_dylib_path: self.ort_dylib_path.clone(),
+            device: self.worker_device,
+            threshold: self.detect_threshold,
+            nms_iou: self.detect_nms_iou,
+            max_side: self.detect_max_side,
+            tile_size: self.detect_tile_size,
+            tile_overlap: self.detect_tile_overlap,
+            threads: self.worker_threads,
+        }
+    }
+
+    pub fn anonymize(&self) -> AnonymizeConfig {
+        AnonymizeConfig {
+            mode: self.blur_mode,
+            shape: self.mask_shape,
+            mask_scale: self.mask_scale,
+        }
+    }
+
+    pub fn output(&self) -> OutputConfig {
+        OutputConfig {
+            jpeg_quality: self.jpeg_quality,
+            keep_capture_time: self.keep_capture_time,
+            max_pixels: self.max_image_pixels,
+        }
+    }
+
+    /// Checks values a typo would make meaningless.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.model_path.as_os_str().is_empty() {
+            return Err(
+                "LAPSEGUARD_MODEL_PATH is not set (scripts/fetch-models.sh prints it)".into(),
+            );
+        }
+        if !(0.0..1.0).contains(&self.detect_threshold) {
+            return Err("detect_threshold must be in [0, 1)".into());
+        }
+        if !self.detect_max_side.is_multiple_of(32) || !self.detect_tile_size.is_multiple_of(32) {
+            return Err("detect_max_side and detect_tile_size must be multiples of 32".into());
+        }
+        if self.detect_tile_overlap >= self.detect_tile_size {
+            return Err("detect_tile_overlap must be smaller than detect_tile_size".into());
+        }
+        if self.mask_scale < 1.0 {
+            return Err("mask_scale below 1.0 would leave parts of faces unblurred".into());
+        }
+        if self.worker_concurrency == 0 || self.worker_max_attempts < 1 {
+            return Err("worker_concurrency and worker_max_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}

