@@ -373,9 +373,25 @@ impl PgCatalog {
 
 #[async_trait]
 impl Catalog for PgCatalog {
+    /// Reachable, and migrated at least to the schema this build expects (a backend
+    /// rolled out before its migration Job stays not-ready instead of failing requests).
     async fn ping(&self) -> Result<(), CatalogError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        let applied: Option<i64> = sqlx::query_scalar(
+            "SELECT max(version) FROM _sqlx_migrations WHERE success",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| match CatalogError::from(e) {
+            CatalogError::Other(d) => CatalogError::Other(format!("schema not migrated: {d}")),
+            other => other,
+        })?;
+        let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
+        match applied {
+            Some(v) if v >= expected => Ok(()),
+            other => Err(CatalogError::Other(format!(
+                "schema at version {other:?}, this build needs {expected}: run `backend migrate`"
+            ))),
+        }
     }
 
     async fn create_project(&self, slug: &str, name: &str) -> Result<Project, CatalogError> {
