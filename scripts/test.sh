@@ -30,5 +30,8 @@ log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+log "checking the Kubernetes manifests"
+scripts/check-k8s.sh
+
 log "running the test suite"
 cargo test --workspace --locked "$@"
