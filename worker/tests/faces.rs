@@ -144,3 +144,20 @@ fn exif_orientation_and_gps(orientation: u16) -> Vec<u8> {
     t.extend_from_slice(&0u32.to_le_bytes());
     t
 }
+
+#[test]
+fn cuda_without_a_cuda_runtime_is_a_clear_startup_error_and_auto_falls_back() {
+    // The test machine's ONNX Runtime is the CPU build: no silent fallback for `cuda`.
+    let mut cfg = model_settings().detector();
+    cfg.device = worker::detect::Device::Cuda;
+    match CenterFace::load(&cfg) {
+        Err(e @ worker::detect::DetectError::ProviderMissing(_)) => {
+            assert!(e.to_string().contains("CUDAExecutionProvider"), "{e}");
+        }
+        Err(other) => panic!("wrong error: {other}"),
+        Ok(_) => panic!("device=cuda must not start on a CPU-only runtime"),
+    }
+    cfg.device = worker::detect::Device::Auto;
+    let det = CenterFace::load(&cfg).expect("auto falls back to the CPU");
+    assert_eq!(det.provider(), worker::detect::Provider::Cpu);
+}
