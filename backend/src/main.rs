@@ -37,6 +37,9 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document and exit.
     Openapi,
+    /// Create the input and output buckets if missing (local setups; in Kubernetes the
+    /// MinIO bootstrap Job does this, with lifecycle rules).
+    InitBuckets,
 }
 
 #[tokio::main]
@@ -49,6 +52,18 @@ async fn main() -> anyhow::Result<()> {
         Command::Openapi => {
             use utoipa::OpenApi;
             println!("{}", backend::openapi::ApiDoc::openapi().to_pretty_json()?);
+            Ok(())
+        }
+        Command::InitBuckets => {
+            use lapseguard_core::objects::ObjectStore;
+            let store = lapseguard_core::objects::S3Store::new(&infra);
+            for bucket in [&infra.input_bucket, &infra.output_bucket] {
+                store
+                    .ensure_bucket(bucket)
+                    .await
+                    .with_context(|| format!("creating bucket {bucket}"))?;
+                tracing::info!(bucket = %bucket, "bucket ready");
+            }
             Ok(())
         }
         Command::Migrate => {
