@@ -376,15 +376,16 @@ impl Catalog for PgCatalog {
     /// Reachable, and migrated at least to the schema this build expects (a backend
     /// rolled out before its migration Job stays not-ready instead of failing requests).
     async fn ping(&self) -> Result<(), CatalogError> {
-        let applied: Option<i64> = sqlx::query_scalar(
-            "SELECT max(version) FROM _sqlx_migrations WHERE success",
-        )
-        .fetch_one(&self.pool)
-        .await
-        .map_err(|e| match CatalogError::from(e) {
-            CatalogError::Other(d) => CatalogError::Other(format!("schema not migrated: {d}")),
-            other => other,
-        })?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| match CatalogError::from(e) {
+                    CatalogError::Other(d) => {
+                        CatalogError::Other(format!("schema not migrated: {d}"))
+                    }
+                    other => other,
+                })?;
         let expected = MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0);
         match applied {
             Some(v) if v >= expected => Ok(()),
