@@ -187,7 +187,7 @@ pub async fn ingest(
     let bucket = &state.infra.input_bucket;
     state
         .objects
-        .put(bucket, &key, body.clone(), v.kind.mime())
+        .put_with_sha256(bucket, &key, body.clone(), v.kind.mime(), &sha256)
         .await
         .map_err(|e| ApiError::from_objects(e, retry))?;
 
@@ -206,6 +206,7 @@ pub async fn ingest(
     let new = NewImage {
         id: image_id,
         project_id: camera.project_id,
+        project: camera.project_slug.clone(),
         camera_id: camera.camera_id,
         captured_at,
         sha256,

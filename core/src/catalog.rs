@@ -141,6 +141,8 @@ pub struct Image {
 pub struct NewImage {
     pub id: Uuid,
     pub project_id: Uuid,
+    /// Project slug (echoed in the returned [`Image`]).
+    pub project: String,
     pub camera_id: Uuid,
     pub captured_at: DateTime<Utc>,
     pub sha256: String,
@@ -506,11 +508,18 @@ impl Catalog for PgCatalog {
         img: NewImage,
         job: &JobMessage,
     ) -> Result<Inserted, CatalogError> {
-        let mut tx = self.pool.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO images (id, project_id, camera_id, captured_at, sha256, bytes, content_type, \
-             width, height, input_key) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-             ON CONFLICT (project_id, sha256) DO NOTHING",
+        // One statement, so one round trip and atomic without an explicit transaction:
+        // the outbox row is written only when the image row was (data-modifying CTEs
+        // run exactly once).
+        let row = sqlx::query(
+            "WITH ins AS ( \
+               INSERT INTO images (id, project_id, camera_id, captured_at, sha256, bytes, \
+                 content_type, width, height, input_key) \
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+               ON CONFLICT (project_id, sha256) DO NOTHING \
+               RETURNING id, received_at, updated_at), \
+             ob AS (INSERT INTO outbox (job_id, payload) SELECT $11, $12 FROM ins) \
+             SELECT received_at, updated_at FROM ins",
         )
         .bind(img.id)
         .bind(img.project_id)
@@ -522,27 +531,41 @@ impl Catalog for PgCatalog {
         .bind(img.width)
         .bind(img.height)
         .bind(&img.input_key)
-        .execute(&mut *tx)
+        .bind(job.job_id)
+        .bind(sqlx::types::Json(job))
+        .fetch_optional(&self.pool)
         .await?;
-        if inserted.rows_affected() == 0 {
-            tx.rollback().await?;
+        let Some(row) = row else {
             return match self.image_by_sha(img.project_id, &img.sha256).await? {
                 Some(existing) => Ok(Inserted::Existing(existing)),
                 None => Err(CatalogError::Other(
                     "image vanished after a duplicate insert".into(),
                 )),
             };
-        }
-        sqlx::query("INSERT INTO outbox (job_id, payload) VALUES ($1, $2)")
-            .bind(job.job_id)
-            .bind(sqlx::types::Json(job))
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        match self.image(img.id).await? {
-            Some(image) => Ok(Inserted::New(image)),
-            None => Err(CatalogError::Other("inserted image not found".into())),
-        }
+        };
+        Ok(Inserted::New(Image {
+            id: img.id,
+            project_id: img.project_id,
+            project: img.project,
+            camera_id: img.camera_id,
+            captured_at: img.captured_at,
+            received_at: row.try_get("received_at")?,
+            sha256: img.sha256,
+            bytes: img.bytes,
+            content_type: img.content_type,
+            width: img.width,
+            height: img.height,
+            input_key: img.input_key,
+            status: ImageStatus::Queued,
+            attempts: 0,
+            faces: None,
+            boxes: None,
+            model: None,
+            duration_ms: None,
+            output_key: None,
+            error: None,
+            updated_at: row.try_get("updated_at")?,
+        }))
     }
 
     async fn image(&self, id: Uuid) -> Result<Option<Image>, CatalogError> {
