@@ -117,6 +117,12 @@ pub struct DetectorConfig {
     pub tile_overlap: u32,
     /// ONNX Runtime intra-op threads per detector instance (0 = runtime default).
     pub threads: usize,
+    /// Frames smaller than `max_side` are also scanned enlarged by up to this factor,
+    /// at most to `max_side` (1.0 = off): faces a few pixels tall become detectable.
+    pub upscale: f32,
+    /// Score a face found only in the enlarged pass needs (enlarging also makes texture
+    /// look like faces, so this pass is held to a stricter bar).
+    pub upscale_threshold: f32,
 }
 
 impl Default for DetectorConfig {
@@ -131,12 +137,14 @@ impl Default for DetectorConfig {
             tile_size: 2048,
             tile_overlap: 96,
             threads: 0,
+            upscale: 2.0,
+            upscale_threshold: 0.5,
         }
     }
 }
 
 /// A region of the image and the network input size it is stretched to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Pass {
     pub x: u32,
     pub y: u32,
@@ -144,6 +152,8 @@ pub struct Pass {
     pub h: u32,
     pub in_w: u32,
     pub in_h: u32,
+    /// Detections scoring at or below this are dropped.
+    pub min_score: f32,
 }
 
 fn round_up32(v: u32) -> u32 {
@@ -182,7 +192,21 @@ pub fn plan(w: u32, h: u32, cfg: &DetectorConfig) -> Vec<Pass> {
         h,
         in_w: round_up32(((w as f64 * s).round() as u32).max(1)),
         in_h: round_up32(((h as f64 * s).round() as u32).max(1)),
+        min_score: cfg.threshold,
     }];
+    // Small frames are also scanned enlarged, up to the whole-frame size.
+    let u = (cfg.upscale as f64).min(cfg.max_side as f64 / longer as f64);
+    if u >= 1.25 {
+        passes.push(Pass {
+            x: 0,
+            y: 0,
+            w,
+            h,
+            in_w: round_up32(((w as f64 * u).round() as u32).max(1)),
+            in_h: round_up32(((h as f64 * u).round() as u32).max(1)),
+            min_score: cfg.upscale_threshold.max(cfg.threshold),
+        });
+    }
     if s < 1.0 {
         for (y, th) in segments(h, cfg.tile_size, cfg.tile_overlap) {
             for (x, tw) in segments(w, cfg.tile_size, cfg.tile_overlap) {
@@ -193,6 +217,7 @@ pub fn plan(w: u32, h: u32, cfg: &DetectorConfig) -> Vec<Pass> {
                     h: th,
                     in_w: round_up32(tw),
                     in_h: round_up32(th),
+                    min_score: cfg.threshold,
                 });
             }
         }
@@ -402,7 +427,7 @@ impl CenterFace {
         }
         let tensor = Tensor::from_array(([1usize, 3, h, w], chw.into_boxed_slice()))
             .map_err(|e| DetectError::Inference(e.to_string()))?;
-        let threshold = self.cfg.threshold;
+        let threshold = p.min_score;
         let outputs = self
             .session_for((p.in_w, p.in_h))?
             .run(ort::inputs!["input.1" => tensor])
@@ -449,11 +474,25 @@ impl CenterFace {
 
 impl FaceDetector for CenterFace {
     fn detect(&mut self, image: &RgbImage) -> Result<Vec<Face>, DetectError> {
-        let mut all = Vec::new();
+        let mut primary = Vec::new();
+        let mut enlarged = Vec::new();
         for p in plan(image.width(), image.height(), &self.cfg) {
-            all.extend(self.run_pass(image, &p)?);
+            let found = self.run_pass(image, &p)?;
+            if p.in_w > p.w.div_ceil(32) * 32 {
+                enlarged.extend(found);
+            } else {
+                primary.extend(found);
+            }
         }
-        Ok(nms(all, self.cfg.nms_iou))
+        let mut faces = nms(primary, self.cfg.nms_iou);
+        // The enlarged pass only adds faces the others missed: where both see a face,
+        // the native-scale box is kept (it fits better).
+        let extra: Vec<Face> = nms(enlarged, self.cfg.nms_iou)
+            .into_iter()
+            .filter(|e| faces.iter().all(|f| f.iou(e) < self.cfg.nms_iou))
+            .collect();
+        faces.extend(extra);
+        Ok(faces)
     }
 
     fn model_id(&self) -> String {
@@ -494,6 +533,40 @@ mod tests {
         assert_eq!((p[0].in_w, p[0].in_h), (1920, 1088));
         let p = plan(500, 300, &cfg);
         assert_eq!((p[0].in_w, p[0].in_h), (512, 320));
+    }
+
+    #[test]
+    fn small_frames_get_an_enlarged_pass_up_to_max_side_with_its_own_threshold() {
+        let cfg = DetectorConfig {
+            upscale: 2.0,
+            upscale_threshold: 0.5,
+            ..DetectorConfig::default()
+        };
+        assert_eq!(
+            plan(1920, 1080, &cfg).len(),
+            1,
+            "full-size frames are not enlarged"
+        );
+        let p = plan(1024, 768, &cfg);
+        assert_eq!(p.len(), 2);
+        assert_eq!((p[1].in_w, p[1].in_h), (1920, 1440));
+        assert_eq!(p[1].min_score, 0.5);
+        assert_eq!(p[0].min_score, cfg.threshold);
+        let p = plan(640, 480, &cfg);
+        assert_eq!((p[1].in_w, p[1].in_h), (1280, 960));
+        let off = DetectorConfig::default();
+        assert_eq!(
+            plan(
+                640,
+                480,
+                &DetectorConfig {
+                    upscale: 1.0,
+                    ..off
+                }
+            )
+            .len(),
+            1
+        );
     }
 
     #[test]

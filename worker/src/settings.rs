@@ -32,6 +32,8 @@ pub struct WorkerSettings {
     pub detect_max_side: u32,
     pub detect_tile_size: u32,
     pub detect_tile_overlap: u32,
+    pub detect_upscale: f32,
+    pub detect_upscale_threshold: f32,
     pub blur_mode: BlurMode,
     pub mask_shape: MaskShape,
     pub mask_scale: f32,
@@ -60,6 +62,8 @@ impl Default for WorkerSettings {
             detect_max_side: d.max_side,
             detect_tile_size: d.tile_size,
             detect_tile_overlap: d.tile_overlap,
+            detect_upscale: d.upscale,
+            detect_upscale_threshold: d.upscale_threshold,
             blur_mode: a.mode,
             mask_shape: a.shape,
             mask_scale: a.mask_scale,
@@ -82,6 +86,8 @@ impl WorkerSettings {
             tile_size: self.detect_tile_size,
             tile_overlap: self.detect_tile_overlap,
             threads: self.worker_threads,
+            upscale: self.detect_upscale,
+            upscale_threshold: self.detect_upscale_threshold,
         }
     }
 
