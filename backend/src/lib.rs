@@ -6,6 +6,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod fleet;
 pub mod health;
 pub mod ingest;
 pub mod openapi;
@@ -125,7 +126,10 @@ pub fn router(state: AppState) -> Router {
     let timeout = Duration::from_secs(state.settings.request_timeout_secs);
     let api = Router::new()
         .route("/v1/projects", post(api::create_project))
-        .route("/v1/projects/{slug}/cameras", post(api::create_camera))
+        .route(
+            "/v1/projects/{slug}/cameras",
+            post(api::create_camera).get(fleet::list_cameras),
+        )
         .route(
             "/v1/projects/{slug}/cameras/{id}",
             delete(api::revoke_camera),
@@ -175,6 +179,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let relay = tokio::spawn(state.relay().run(shutdown.clone()));
+    let heartbeats = tokio::spawn(fleet::consume(state.clone(), shutdown.clone()));
     let app = router(state);
     let stop = shutdown.clone();
     axum::serve(listener, app)
@@ -182,5 +187,6 @@ pub async fn serve(
         .await?;
     shutdown.cancel();
     let _ = relay.await;
+    let _ = heartbeats.await;
     Ok(())
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, health, problem};
+use crate::{api, fleet, health, problem};
 
 struct BearerAuth;
 
@@ -24,11 +24,12 @@ impl Modify for BearerAuth {
     info(title = "lapseguard API", description = "Ingest camera images, follow their anonymization, fetch anonymized images. Originals are never served."),
     paths(
         api::create_project, api::create_camera, api::revoke_camera, api::upload_image,
-        api::get_image, api::get_anonymized, api::list_images,
+        api::get_image, api::get_anonymized, api::list_images, fleet::list_cameras,
         health::livez, health::readyz, health::metrics_endpoint,
     ),
     components(schemas(problem::Problem, api::ImageView, api::ImagePage, api::ProjectView,
-        api::CameraCreated, api::NewProject, api::NewCamera, health::Readiness, health::Check)),
+        api::CameraCreated, api::NewProject, api::NewCamera, fleet::Fleet, fleet::CameraStatus,
+        health::Readiness, health::Check)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

@@ -30,6 +30,13 @@ pub struct BackendSettings {
     /// Default and maximum page size of image listings.
     pub default_page_size: i64,
     pub max_page_size: i64,
+    /// Exchange the MQTT broker publishes camera heartbeats to (RabbitMQ's MQTT plugin:
+    /// `amq.topic`).
+    pub fleet_exchange: String,
+    /// First level of the cameras' MQTT topics (`{prefix}/cameras/{id}/status`).
+    pub fleet_topic_prefix: String,
+    /// Heartbeat interval assumed for a message that does not state its own.
+    pub fleet_default_interval_secs: u64,
 }
 
 impl Default for BackendSettings {
@@ -46,6 +53,9 @@ impl Default for BackendSettings {
             readiness_requires_amqp: false,
             default_page_size: 50,
             max_page_size: 500,
+            fleet_exchange: "amq.topic".into(),
+            fleet_topic_prefix: "lapseguard".into(),
+            fleet_default_interval_secs: 30,
         }
     }
 }

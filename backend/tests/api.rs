@@ -541,6 +541,7 @@ async fn openapi_lists_every_route_and_health_endpoints_mean_something() {
     for (path, method) in [
         ("/v1/projects", "post"),
         ("/v1/projects/{slug}/cameras", "post"),
+        ("/v1/projects/{slug}/cameras", "get"),
         ("/v1/projects/{slug}/cameras/{id}", "delete"),
         ("/v1/images", "post"),
         ("/v1/images/{id}", "get"),

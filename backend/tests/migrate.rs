@@ -40,14 +40,24 @@ async fn two_concurrent_migrate_runs_both_succeed() {
     .fetch_all(&db)
     .await
     .unwrap();
-    for t in ["cameras", "images", "outbox", "projects"] {
+    for t in ["camera_status", "cameras", "images", "outbox", "projects"] {
         assert!(tables.iter().any(|x| x == t), "{t} missing: {tables:?}");
     }
     let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations WHERE success")
         .fetch_one(&db)
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    let expected = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../core/migrations"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "sql")
+        })
+        .count();
+    assert_eq!(applied as usize, expected, "every migration applied once");
 }
 
 #[test]

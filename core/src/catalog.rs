@@ -11,6 +11,7 @@ use sqlx::{AssertSqlSafe, FromRow, Row};
 use uuid::Uuid;
 
 use crate::config::InfraSettings;
+use crate::fleet::{FleetCamera, Heartbeat};
 use crate::job::JobMessage;
 use crate::queue::{JobPublisher, QueueError};
 
@@ -269,6 +270,12 @@ pub trait Catalog: Send + Sync + 'static {
     async fn fail_job(&self, image_id: Uuid, reason: &str) -> Result<(), CatalogError>;
     /// A transient failure: back to `queued` with the reason, to be retried.
     async fn retry_job(&self, image_id: Uuid, reason: &str) -> Result<(), CatalogError>;
+    /// Records a camera's heartbeat or last will. False when it was ignored: unknown
+    /// camera, or older than the heartbeat already recorded.
+    async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<bool, CatalogError>;
+    /// Every camera of a project (revoked ones too) with its last heartbeat and its last
+    /// received image, by name.
+    async fn fleet(&self, project_id: Uuid) -> Result<Vec<FleetCamera>, CatalogError>;
 }
 
 /// PostgreSQL adapter.
@@ -702,6 +709,89 @@ impl Catalog for PgCatalog {
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    async fn record_heartbeat(&self, hb: &Heartbeat) -> Result<bool, CatalogError> {
+        let done = if hb.is_will() {
+            // The broker speaks for a camera whose connection died: only the state
+            // changes; the figures of its last heartbeat stay.
+            sqlx::query(
+                "INSERT INTO camera_status (camera_id, state, last_seen_at, interval_secs, heartbeat) \
+                 SELECT id, 'offline', now(), $2, $3 FROM cameras WHERE id = $1 \
+                 ON CONFLICT (camera_id) DO UPDATE SET state = 'offline', updated_at = now()",
+            )
+            .bind(hb.camera_id)
+            .bind(hb.interval_secs)
+            .bind(&hb.payload)
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "INSERT INTO camera_status (camera_id, state, last_seen_at, interval_secs, sent_at, \
+                     backlog, backlog_bytes, last_upload_at, disk_free_bytes, version, heartbeat) \
+                 SELECT id, $2, now(), $3, $4, $5, $6, $7, $8, $9, $10 FROM cameras WHERE id = $1 \
+                 ON CONFLICT (camera_id) DO UPDATE SET state = EXCLUDED.state, \
+                     last_seen_at = EXCLUDED.last_seen_at, interval_secs = EXCLUDED.interval_secs, \
+                     sent_at = EXCLUDED.sent_at, backlog = EXCLUDED.backlog, \
+                     backlog_bytes = EXCLUDED.backlog_bytes, \
+                     last_upload_at = COALESCE(EXCLUDED.last_upload_at, camera_status.last_upload_at), \
+                     disk_free_bytes = EXCLUDED.disk_free_bytes, version = EXCLUDED.version, \
+                     heartbeat = EXCLUDED.heartbeat, updated_at = now() \
+                 WHERE camera_status.sent_at IS NULL OR camera_status.sent_at <= EXCLUDED.sent_at",
+            )
+            .bind(hb.camera_id)
+            .bind(&hb.state)
+            .bind(hb.interval_secs)
+            .bind(hb.sent_at)
+            .bind(hb.backlog)
+            .bind(hb.backlog_bytes)
+            .bind(hb.last_upload_at)
+            .bind(hb.disk_free_bytes)
+            .bind(&hb.version)
+            .bind(&hb.payload)
+            .execute(&self.pool)
+            .await?
+        };
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn fleet(&self, project_id: Uuid) -> Result<Vec<FleetCamera>, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT c.id, c.name, c.created_at, c.revoked_at, \
+                 COALESCE(s.state <> 'offline' \
+                     AND s.last_seen_at > now() - make_interval(secs => 3 * s.interval_secs), false) AS online, \
+                 s.state, s.last_seen_at, s.interval_secs, s.backlog, s.backlog_bytes, \
+                 s.last_upload_at, s.disk_free_bytes, s.version, s.heartbeat, \
+                 (SELECT i.received_at FROM images i WHERE i.camera_id = c.id \
+                  ORDER BY i.received_at DESC LIMIT 1) AS last_received_at \
+             FROM cameras c LEFT JOIN camera_status s ON s.camera_id = c.id \
+             WHERE c.project_id = $1 ORDER BY c.name, c.id",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(FleetCamera {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                    online: r.try_get("online")?,
+                    state: r.try_get("state")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                    interval_secs: r.try_get("interval_secs")?,
+                    backlog: r.try_get("backlog")?,
+                    backlog_bytes: r.try_get("backlog_bytes")?,
+                    last_upload_at: r.try_get("last_upload_at")?,
+                    last_received_at: r.try_get("last_received_at")?,
+                    disk_free_bytes: r.try_get("disk_free_bytes")?,
+                    version: r.try_get("version")?,
+                    heartbeat: r.try_get("heartbeat")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(CatalogError::from)
     }
 }
 
