@@ -91,34 +91,12 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("binding {listen}"))?;
             tracing::info!(%listen, "backend listening");
             let shutdown = CancellationToken::new();
-            tokio::spawn(signal_shutdown(shutdown.clone()));
+            tokio::spawn(lapseguard_core::shutdown::cancel_on_signal(
+                shutdown.clone(),
+            ));
             backend::serve(listener, state, shutdown).await?;
             tracing::info!("backend stopped");
             Ok(())
         }
     }
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    token.cancel();
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutdown requested; finishing in-flight requests");
-    token.cancel();
 }

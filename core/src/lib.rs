@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod job;
 pub mod objects;
 pub mod queue;
+pub mod shutdown;
 pub mod telemetry;
 
 /// Installs the process-wide rustls crypto provider.

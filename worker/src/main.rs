@@ -189,7 +189,9 @@ async fn run(infra: InfraSettings, settings: WorkerSettings) -> anyhow::Result<(
         let _ = axum::serve(listener, router).await;
     });
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_shutdown(shutdown.clone()));
+    tokio::spawn(lapseguard_core::shutdown::cancel_on_signal(
+        shutdown.clone(),
+    ));
     let s = settings.clone();
     let processor = tokio::task::spawn_blocking(move || load(&s)).await??;
     tracing::info!(
@@ -328,21 +330,4 @@ async fn detect_files(settings: WorkerSettings, inputs: &[PathBuf]) -> anyhow::R
         anyhow::bail!("{failed} images could not be read");
     }
     Ok(())
-}
-
-async fn signal_shutdown(token: CancellationToken) {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-            token.cancel();
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutdown requested; finishing in-flight jobs");
-    token.cancel();
 }
