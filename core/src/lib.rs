@@ -6,10 +6,13 @@
 //! - Ports (small traits) with their adapters, so the cluster mode (S3, RabbitMQ,
 //!   PostgreSQL) and the embedded mode share every line of business logic:
 //!   [`objects`] (object store), [`queue`] (job publishing), [`catalog`] (metadata store).
+//! - [`embedded`]: the same ports over one SQLite file (metadata store and durable
+//!   job queue) for the all-in-one mode.
 //! - [`fleet`]: camera heartbeats and the fleet view's rows (kept by the catalog).
 
 pub mod catalog;
 pub mod config;
+pub mod embedded;
 pub mod fleet;
 pub mod job;
 pub mod objects;
