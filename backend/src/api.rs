@@ -449,6 +449,7 @@ pub async fn list_images(
             status,
             limit: limit + 1,
             after,
+            oldest_first: false,
         })
         .await
         .map_err(|e| ApiError::from_catalog(e, state.settings.retry_after_secs))?;

@@ -71,11 +71,10 @@ fn entry(v: &mut Vec<u8>, tag: u16, typ: u16, count: u32, value: u32) {
     v.extend_from_slice(&value.to_le_bytes());
 }
 
-fn comment(t: DateTime<Utc>, seq: u64) -> String {
+fn comment(t: DateTime<Utc>, seq: u64, nonce: u64) -> String {
     format!(
-        "lapseguard camera-agent simulate seq={seq} captured_at={} nonce={:016x}",
+        "lapseguard camera-agent simulate seq={seq} captured_at={} nonce={nonce:016x}",
         t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        rand::random::<u64>()
     )
 }
 
@@ -89,6 +88,17 @@ fn segment(out: &mut Vec<u8>, marker: u8, payload: &[u8]) -> Result<(), StampErr
 
 /// The JPEG with its EXIF replaced by the capture time `t` and a unique comment.
 pub fn stamp_jpeg(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, StampError> {
+    stamp_jpeg_with_nonce(src, t, seq, rand::random())
+}
+
+/// [`stamp_jpeg`] with a chosen nonce: the same inputs give the same bytes (a demo that
+/// replays its frames after a restart sends byte-identical, deduplicated images).
+pub fn stamp_jpeg_with_nonce(
+    src: &[u8],
+    t: DateTime<Utc>,
+    seq: u64,
+    nonce: u64,
+) -> Result<Vec<u8>, StampError> {
     if !src.starts_with(&[0xFF, 0xD8]) {
         return Err(StampError::NotJpeg);
     }
@@ -97,7 +107,7 @@ pub fn stamp_jpeg(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, Sta
     let mut app1 = b"Exif\0\0".to_vec();
     app1.extend_from_slice(&exif_tiff(t));
     segment(&mut out, 0xE1, &app1)?;
-    segment(&mut out, 0xFE, comment(t, seq).as_bytes())?;
+    segment(&mut out, 0xFE, comment(t, seq, nonce).as_bytes())?;
     let mut pos = 2;
     loop {
         if pos >= src.len() {
@@ -153,6 +163,16 @@ fn png_chunk(out: &mut Vec<u8>, typ: &[u8; 4], data: &[u8]) -> Result<(), StampE
 /// The PNG with an `eXIf` chunk holding the capture time (any previous one dropped) and a
 /// unique `tEXt` comment, both right after `IHDR`.
 pub fn stamp_png(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, StampError> {
+    stamp_png_with_nonce(src, t, seq, rand::random())
+}
+
+/// [`stamp_png`] with a chosen nonce (deterministic output).
+pub fn stamp_png_with_nonce(
+    src: &[u8],
+    t: DateTime<Utc>,
+    seq: u64,
+    nonce: u64,
+) -> Result<Vec<u8>, StampError> {
     const SIG: &[u8] = b"\x89PNG\r\n\x1a\n";
     if !src.starts_with(SIG) {
         return Err(StampError::NotPng);
@@ -177,7 +197,7 @@ pub fn stamp_png(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, Stam
         if typ == b"IHDR" {
             png_chunk(&mut out, b"eXIf", &exif_tiff(t))?;
             let mut text = b"Comment\0".to_vec();
-            text.extend_from_slice(comment(t, seq).as_bytes());
+            text.extend_from_slice(comment(t, seq, nonce).as_bytes());
             png_chunk(&mut out, b"tEXt", &text)?;
         }
         pos = end;
@@ -187,14 +207,25 @@ pub fn stamp_png(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, Stam
 
 /// Stamps by content (JPEG or PNG).
 pub fn stamp(src: &[u8], t: DateTime<Utc>, seq: u64) -> Result<Vec<u8>, StampError> {
+    stamp_with_nonce(src, t, seq, rand::random())
+}
+
+/// Stamps by content with a chosen nonce: same inputs, same bytes.
+pub fn stamp_with_nonce(
+    src: &[u8],
+    t: DateTime<Utc>,
+    seq: u64,
+    nonce: u64,
+) -> Result<Vec<u8>, StampError> {
     if src.starts_with(&[0xFF, 0xD8]) {
-        stamp_jpeg(src, t, seq)
+        stamp_jpeg_with_nonce(src, t, seq, nonce)
     } else {
-        stamp_png(src, t, seq)
+        stamp_png_with_nonce(src, t, seq, nonce)
     }
 }
 
-fn source_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// The JPEG and PNG files of `dir`, in name order.
+pub fn source_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = fs::read_dir(dir)
         .map_err(|e| anyhow::anyhow!("reading source folder {}: {e}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -221,9 +252,22 @@ pub fn write_frame(
     t: DateTime<Utc>,
     seq: u64,
 ) -> anyhow::Result<PathBuf> {
+    write_frame_with_nonce(capture_dir, prefix, source, t, seq, rand::random())
+}
+
+/// [`write_frame`] with a chosen nonce: writing the same frame twice gives the same
+/// name and the same bytes.
+pub fn write_frame_with_nonce(
+    capture_dir: &Path,
+    prefix: &str,
+    source: &Path,
+    t: DateTime<Utc>,
+    seq: u64,
+    nonce: u64,
+) -> anyhow::Result<PathBuf> {
     let bytes = fs::read(source).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
-    let stamped =
-        stamp(&bytes, t, seq).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
+    let stamped = stamp_with_nonce(&bytes, t, seq, nonce)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
     let ext = if stamped.starts_with(&[0xFF, 0xD8]) {
         "jpg"
     } else {

@@ -192,6 +192,34 @@ pub struct ListQuery {
     pub status: Option<ImageStatus>,
     pub limit: i64,
     pub after: Option<Cursor>,
+    /// Capture order (oldest first, as a timelapse runs) instead of newest first; the
+    /// cursor then means "after this one" in that order.
+    pub oldest_first: bool,
+}
+
+/// How many images of a project are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StatusCounts {
+    pub queued: i64,
+    pub processing: i64,
+    pub done: i64,
+    pub failed: i64,
+}
+
+impl StatusCounts {
+    pub fn total(&self) -> i64 {
+        self.queued + self.processing + self.done + self.failed
+    }
+
+    pub fn add(&mut self, status: &str, n: i64) {
+        match ImageStatus::parse(status) {
+            Some(ImageStatus::Queued) => self.queued += n,
+            Some(ImageStatus::Processing) => self.processing += n,
+            Some(ImageStatus::Done) => self.done += n,
+            Some(ImageStatus::Failed) => self.failed += n,
+            None => {}
+        }
+    }
 }
 
 /// What the worker records once an image is anonymized.
@@ -257,6 +285,7 @@ pub trait Catalog: Send + Sync + 'static {
     ) -> Result<Inserted, CatalogError>;
     async fn image(&self, id: Uuid) -> Result<Option<Image>, CatalogError>;
     async fn list_images(&self, q: &ListQuery) -> Result<Vec<Image>, CatalogError>;
+    async fn status_counts(&self, project_id: Uuid) -> Result<StatusCounts, CatalogError>;
     /// Publishes up to `batch` outbox rows through `publisher` and deletes them after the
     /// broker confirmed them. Returns how many were relayed. Safe with many relays at once.
     async fn relay_outbox(
@@ -586,12 +615,19 @@ impl Catalog for PgCatalog {
         } else {
             sql.push_str(" AND $2::text IS NULL");
         }
+        let (cmp, dir) = if q.oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
         if q.after.is_some() {
-            sql.push_str(" AND (i.captured_at, i.id) < ($3, $4)");
+            sql.push_str(&format!(" AND (i.captured_at, i.id) {cmp} ($3, $4)"));
         } else {
             sql.push_str(" AND $3::timestamptz IS NULL AND $4::uuid IS NULL");
         }
-        sql.push_str(" ORDER BY i.captured_at DESC, i.id DESC LIMIT $5");
+        sql.push_str(&format!(
+            " ORDER BY i.captured_at {dir}, i.id {dir} LIMIT $5"
+        ));
         // Only constant fragments are concatenated; every value is a bind parameter.
         let rows: Vec<ImageRow> = sqlx::query_as(AssertSqlSafe(sql))
             .bind(q.project_id)
@@ -602,6 +638,20 @@ impl Catalog for PgCatalog {
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(Image::try_from).collect()
+    }
+
+    async fn status_counts(&self, project_id: Uuid) -> Result<StatusCounts, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n FROM images WHERE project_id = $1 GROUP BY status",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts = StatusCounts::default();
+        for r in rows {
+            counts.add(r.try_get("status")?, r.try_get("n")?);
+        }
+        Ok(counts)
     }
 
     async fn relay_outbox(

@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::catalog::{
     Camera, CameraIdentity, Catalog, CatalogError, Claim, Image, ImageStatus, Inserted, JobResult,
-    ListQuery, NewImage, Project, RelayError,
+    ListQuery, NewImage, Project, RelayError, StatusCounts,
 };
 use crate::fleet::{FleetCamera, Heartbeat};
 use crate::job::JobMessage;
@@ -399,12 +399,19 @@ impl Catalog for SqliteCatalog {
         } else {
             sql.push_str(" AND ?2 IS NULL");
         }
+        let (cmp, dir) = if q.oldest_first {
+            (">", "ASC")
+        } else {
+            ("<", "DESC")
+        };
         if q.after.is_some() {
-            sql.push_str(" AND (i.captured_at, i.id) < (?3, ?4)");
+            sql.push_str(&format!(" AND (i.captured_at, i.id) {cmp} (?3, ?4)"));
         } else {
             sql.push_str(" AND ?3 IS NULL AND ?4 IS NULL");
         }
-        sql.push_str(" ORDER BY i.captured_at DESC, i.id DESC LIMIT ?5");
+        sql.push_str(&format!(
+            " ORDER BY i.captured_at {dir}, i.id {dir} LIMIT ?5"
+        ));
         let rows = sqlx::query(AssertSqlSafe(sql))
             .bind(q.project_id)
             .bind(q.status.map(ImageStatus::as_str))
@@ -415,6 +422,21 @@ impl Catalog for SqliteCatalog {
             .await
             .map_err(conflict_or)?;
         rows.iter().map(image_from).collect()
+    }
+
+    async fn status_counts(&self, project_id: Uuid) -> Result<StatusCounts, CatalogError> {
+        let rows = sqlx::query(
+            "SELECT status, count(*) AS n FROM images WHERE project_id = ?1 GROUP BY status",
+        )
+        .bind(project_id)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        let mut counts = StatusCounts::default();
+        for r in &rows {
+            counts.add(r.try_get("status")?, r.try_get("n")?);
+        }
+        Ok(counts)
     }
 
     async fn relay_outbox(
@@ -870,6 +892,34 @@ mod tests {
             Inserted::New(_) => panic!("duplicate bytes must not make a new image"),
         }
         assert_eq!(c.outbox_len().await.unwrap(), 5);
+        assert_eq!(c.status_counts(p.id).await.unwrap().queued, 5);
+        // Capture order, from a cursor.
+        let first = ListQuery {
+            project_id: p.id,
+            status: None,
+            limit: 2,
+            after: None,
+            oldest_first: true,
+        };
+        let asc = c.list_images(&first).await.unwrap();
+        assert_eq!(
+            asc.iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![ids[0], ids[1]]
+        );
+        let next = c
+            .list_images(&ListQuery {
+                after: Some(crate::catalog::Cursor {
+                    captured_at: asc[1].captured_at,
+                    id: asc[1].id,
+                }),
+                ..first
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|i| i.id).collect::<Vec<_>>(),
+            vec![ids[2], ids[3]]
+        );
 
         // Newest capture first, in pages joined by the cursor.
         let page1 = c
@@ -878,6 +928,7 @@ mod tests {
                 status: None,
                 limit: 3,
                 after: None,
+                oldest_first: false,
             })
             .await
             .unwrap();
@@ -895,6 +946,7 @@ mod tests {
                     captured_at: last.captured_at,
                     id: last.id,
                 }),
+                oldest_first: false,
             })
             .await
             .unwrap();

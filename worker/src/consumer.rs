@@ -1,6 +1,7 @@
 //! The queue consumer: one job = claim → fetch → verify → anonymize → write output →
-//! record → ack. Nothing is acknowledged before the result is recorded, and no output
-//! object exists unless detection completed.
+//! record → ack (RabbitMQ in cluster mode, the embedded queue in all-in-one mode).
+//! Nothing is acknowledged before the result is recorded, and no output object exists
+//! unless detection completed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,6 +15,7 @@ use lapin::options::{
 use lapin::types::FieldTable;
 use lapseguard_core::catalog::{Catalog, Claim, JobResult};
 use lapseguard_core::config::InfraSettings;
+use lapseguard_core::embedded::{Lease, SqliteQueue};
 use lapseguard_core::job::JobMessage;
 use lapseguard_core::objects::{ObjectError, ObjectStore};
 use sha2::{Digest, Sha256};
@@ -348,6 +350,85 @@ impl Consumer {
         if let Err(e) = result {
             // The broker will redeliver; the job is idempotent.
             tracing::warn!(error = %e, ?outcome, "could not settle delivery");
+        }
+    }
+}
+
+/// How often the embedded consumer looks for new jobs when the queue was empty.
+const EMBEDDED_POLL: Duration = Duration::from_millis(200);
+
+impl Consumer {
+    /// Consumes from the embedded queue (all-in-one mode) until `shutdown`: the same
+    /// [`Consumer::handle`] as with RabbitMQ, settled on the SQLite queue. Leases that
+    /// are still open when the process dies are handed back at the next start
+    /// ([`SqliteQueue::recover`]).
+    pub async fn run_embedded(
+        self: Arc<Self>,
+        queue: SqliteQueue,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mut in_flight: JoinSet<()> = JoinSet::new();
+        let capacity = usize::from(self.prefetch.max(1));
+        self.health.consuming.store(true, Ordering::SeqCst);
+        tracing::info!(prefetch = capacity, "consuming from the embedded queue");
+        while !shutdown.is_cancelled() {
+            let free = capacity.saturating_sub(in_flight.len());
+            let leased = if free > 0 {
+                match queue.lease(free as i64).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the embedded queue");
+                        Vec::new()
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            let idle = leased.is_empty();
+            for lease in leased {
+                let me = self.clone();
+                let q = queue.clone();
+                metrics::gauge!("lapseguard_worker_in_flight").increment(1.0);
+                in_flight.spawn(async move {
+                    me.settle_embedded(&q, lease).await;
+                    metrics::gauge!("lapseguard_worker_in_flight").decrement(1.0);
+                });
+            }
+            if idle || in_flight.len() >= capacity {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                    _ = tokio::time::sleep(EMBEDDED_POLL) => {}
+                }
+            }
+        }
+        self.health.consuming.store(false, Ordering::SeqCst);
+        tracing::info!(
+            in_flight = in_flight.len(),
+            "stopping: finishing in-flight jobs"
+        );
+        let drained = tokio::time::timeout(self.shutdown_grace, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; unfinished jobs run again at the next start");
+        }
+        Ok(())
+    }
+
+    async fn settle_embedded(&self, queue: &SqliteQueue, lease: Lease) {
+        let outcome = self.handle(&lease.payload).await;
+        let (label, result) = match &outcome {
+            Outcome::Done { .. } => ("done", queue.ack(lease.job_id).await),
+            Outcome::Skipped => ("skipped", queue.ack(lease.job_id).await),
+            Outcome::Failed(reason) => ("failed", queue.dead_letter(lease.job_id, reason).await),
+            Outcome::Retry { delay, .. } => ("retried", queue.retry(lease.job_id, *delay).await),
+        };
+        metrics::counter!("lapseguard_worker_jobs_total", "result" => label).increment(1);
+        if let Err(e) = result {
+            // The lease runs out and the job comes again; the job is idempotent.
+            tracing::warn!(error = %e, ?outcome, "could not settle job");
         }
     }
 }
