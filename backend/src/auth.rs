@@ -52,7 +52,7 @@ pub fn hash_token(token: &str) -> Vec<u8> {
 }
 
 /// Constant-time comparison, so the admin token cannot be guessed byte by byte.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod auth;
 pub mod fleet;
+pub mod gallery;
 pub mod health;
 pub mod ingest;
 pub mod openapi;
@@ -80,6 +81,27 @@ impl AppState {
         })
     }
 
+    /// Embedded-mode state: the objects under a local folder, the catalog and the job
+    /// queue in one SQLite database (the caller owns the data directory's lock).
+    pub fn embedded(
+        infra: InfraSettings,
+        settings: BackendSettings,
+        catalog: Arc<dyn Catalog>,
+        objects: Arc<dyn ObjectStore>,
+        publisher: Arc<dyn JobPublisher>,
+    ) -> Self {
+        Self {
+            catalog,
+            objects,
+            publisher,
+            amqp: None,
+            settings: Arc::new(settings),
+            infra: Arc::new(infra),
+            relay_wake: Arc::new(Notify::new()),
+            metrics: metrics_handle(),
+        }
+    }
+
     pub(crate) async fn probe_publisher(&self) -> bool {
         match &self.amqp {
             Some(a) => a.probe().await,
@@ -138,6 +160,13 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/images", post(api::upload_image))
         .route("/v1/images/{id}", get(api::get_image))
         .route("/v1/images/{id}/anonymized", get(api::get_anonymized))
+        .route(
+            "/v1/projects/{slug}/viewer-links",
+            post(gallery::create_viewer_link),
+        )
+        .route("/projects/{slug}", get(gallery::page))
+        .route("/projects/{slug}/thumbs/{file}", get(gallery::thumbnail))
+        .route("/projects/{slug}/images/{id}", get(gallery::full_image))
         .route("/livez", get(health::livez))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics_endpoint))
@@ -179,7 +208,12 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let relay = tokio::spawn(state.relay().run(shutdown.clone()));
-    let heartbeats = tokio::spawn(fleet::consume(state.clone(), shutdown.clone()));
+    // Camera heartbeats arrive through RabbitMQ (its MQTT plugin); the embedded mode
+    // has no broker and shows the last received image per camera instead.
+    let heartbeats = state
+        .amqp
+        .is_some()
+        .then(|| tokio::spawn(fleet::consume(state.clone(), shutdown.clone())));
     let app = router(state);
     let stop = shutdown.clone();
     axum::serve(listener, app)
@@ -187,6 +221,8 @@ pub async fn serve(
         .await?;
     shutdown.cancel();
     let _ = relay.await;
-    let _ = heartbeats.await;
+    if let Some(h) = heartbeats {
+        let _ = h.await;
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, fleet, health, problem};
+use crate::{api, fleet, gallery, health, problem};
 
 struct BearerAuth;
 
@@ -25,11 +25,12 @@ impl Modify for BearerAuth {
     paths(
         api::create_project, api::create_camera, api::revoke_camera, api::upload_image,
         api::get_image, api::get_anonymized, api::list_images, fleet::list_cameras,
+        gallery::create_viewer_link,
         health::livez, health::readyz, health::metrics_endpoint,
     ),
     components(schemas(problem::Problem, api::ImageView, api::ImagePage, api::ProjectView,
         api::CameraCreated, api::NewProject, api::NewCamera, fleet::Fleet, fleet::CameraStatus,
-        health::Readiness, health::Check)),
+        health::Readiness, health::Check, gallery::NewViewerLink, gallery::ViewerLink)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

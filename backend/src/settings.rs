@@ -37,6 +37,13 @@ pub struct BackendSettings {
     pub fleet_topic_prefix: String,
     /// Heartbeat interval assumed for a message that does not state its own.
     pub fleet_default_interval_secs: u64,
+    /// Secret that signs gallery viewer links. Empty: derived from `admin_token`
+    /// (rotating the admin token then also invalidates every viewer link).
+    pub gallery_secret: String,
+    /// Thumbnails per gallery page.
+    pub gallery_page_size: i64,
+    /// Longer side of gallery thumbnails in pixels.
+    pub thumbnail_max_side: u32,
 }
 
 impl Default for BackendSettings {
@@ -56,6 +63,9 @@ impl Default for BackendSettings {
             fleet_exchange: "amq.topic".into(),
             fleet_topic_prefix: "lapseguard".into(),
             fleet_default_interval_secs: 30,
+            gallery_secret: String::new(),
+            gallery_page_size: 48,
+            thumbnail_max_side: 320,
         }
     }
 }
