@@ -26,6 +26,10 @@ log "fetching the face model and ONNX Runtime"
 eval "$(scripts/fetch-models.sh)"
 export ORT_DYLIB_PATH LAPSEGUARD_MODEL_PATH
 
+log "installing Chromium and the Playwright driver for the browser test"
+eval "$(scripts/browser-deps.sh)"
+export LAPSEGUARD_CHROMIUM
+
 log "checking formatting and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
