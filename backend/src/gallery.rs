@@ -192,6 +192,7 @@ pub async fn page(
             limit: limit + 1,
             after,
             oldest_first: true,
+            ..Default::default()
         })
         .await
         .map_err(unavailable)?;
@@ -270,7 +271,7 @@ pub async fn page(
 fn tile(slug: &str, img: &Image) -> Markup {
     let when = img.captured_at.format("%Y-%m-%d %H:%M:%S").to_string();
     html! {
-        figure {
+        figure id={"image-" (img.id)} {
             @match img.status {
                 ImageStatus::Done => {
                     a href={"/projects/" (slug) "/images/" (img.id)} {
