@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build (and optionally push) the lapseguard container images from containers/*.Containerfile.
 #
-#   scripts/images.sh build [options] [IMAGE...]      IMAGE: backend worker worker-gpu camera-agent
+#   scripts/images.sh build [options] [IMAGE...]      IMAGE: backend worker worker-gpu renderer camera-agent
 #
 # Options:
 #   --tag TAG             image tag (default: the workspace version in Cargo.toml)
@@ -54,13 +54,13 @@ while [ $# -gt 0 ]; do
     --cuda-from-pypi) CUDA_PYPI=1 ;;
     --tool) TOOL="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
-    backend|worker|worker-gpu|camera-agent) IMAGES+=("$1") ;;
+    backend|worker|worker-gpu|renderer|camera-agent) IMAGES+=("$1") ;;
     *) usage; die "unknown argument: $1" ;;
   esac
   shift
 done
 [ -n "$TAG" ] || die "no --tag and no version in Cargo.toml"
-[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(backend worker worker-gpu camera-agent)
+[ ${#IMAGES[@]} -gt 0 ] || IMAGES=(backend worker worker-gpu renderer camera-agent)
 
 if [ -z "$TOOL" ]; then
   for t in buildah podman docker; do command -v "$t" >/dev/null && { TOOL=$t; break; }; done

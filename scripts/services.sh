@@ -205,6 +205,8 @@ ensure_packages() {
   command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
   [[ -x $RABBITMQ_BIN/rabbitmq-server ]] || missing+=(rabbitmq-server)
   command -v curl >/dev/null 2>&1 || missing+=(curl ca-certificates)
+  # The timelapse renderer encodes with ffmpeg; its tests read videos back with ffprobe.
+  command -v ffprobe >/dev/null 2>&1 || missing+=(ffmpeg)
   if ((${#missing[@]} == 0)); then
     return 0
   fi

@@ -450,6 +450,7 @@ pub async fn list_images(
             limit: limit + 1,
             after,
             oldest_first: false,
+            ..Default::default()
         })
         .await
         .map_err(|e| ApiError::from_catalog(e, state.settings.retry_after_secs))?;

@@ -14,6 +14,7 @@ pub mod openapi;
 pub mod problem;
 pub mod relay;
 pub mod settings;
+pub mod timelapses;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -164,6 +165,9 @@ pub fn router(state: AppState) -> Router {
             "/v1/projects/{slug}/viewer-links",
             post(gallery::create_viewer_link),
         )
+        .route("/v1/projects/{slug}/timelapses", post(timelapses::create))
+        .route("/v1/timelapses/{id}", get(timelapses::get))
+        .route("/v1/timelapses/{id}/video", get(timelapses::video))
         .route("/projects/{slug}", get(gallery::page))
         .route("/projects/{slug}/thumbs/{file}", get(gallery::thumbnail))
         .route("/projects/{slug}/images/{id}", get(gallery::full_image))

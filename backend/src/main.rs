@@ -37,7 +37,7 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document and exit.
     Openapi,
-    /// Create the input and output buckets if missing (local setups; in Kubernetes the
+    /// Create the input, output and timelapse buckets if missing (local setups; in Kubernetes the
     /// MinIO bootstrap Job does this, with lifecycle rules).
     InitBuckets,
 }
@@ -57,7 +57,11 @@ async fn main() -> anyhow::Result<()> {
         Command::InitBuckets => {
             use lapseguard_core::objects::ObjectStore;
             let store = lapseguard_core::objects::S3Store::new(&infra);
-            for bucket in [&infra.input_bucket, &infra.output_bucket] {
+            for bucket in [
+                &infra.input_bucket,
+                &infra.output_bucket,
+                &infra.timelapse_bucket,
+            ] {
                 store
                     .ensure_bucket(bucket)
                     .await

@@ -4,7 +4,7 @@ use axum::Json;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::{api, fleet, gallery, health, problem};
+use crate::{api, fleet, gallery, health, problem, timelapses};
 
 struct BearerAuth;
 
@@ -25,12 +25,13 @@ impl Modify for BearerAuth {
     paths(
         api::create_project, api::create_camera, api::revoke_camera, api::upload_image,
         api::get_image, api::get_anonymized, api::list_images, fleet::list_cameras,
-        gallery::create_viewer_link,
+        gallery::create_viewer_link, timelapses::create, timelapses::get, timelapses::video,
         health::livez, health::readyz, health::metrics_endpoint,
     ),
     components(schemas(problem::Problem, api::ImageView, api::ImagePage, api::ProjectView,
         api::CameraCreated, api::NewProject, api::NewCamera, fleet::Fleet, fleet::CameraStatus,
-        health::Readiness, health::Check, gallery::NewViewerLink, gallery::ViewerLink)),
+        health::Readiness, health::Check, gallery::NewViewerLink, gallery::ViewerLink,
+        timelapses::NewTimelapseRequest, timelapses::TimelapseView)),
     modifiers(&BearerAuth),
 )]
 pub struct ApiDoc;

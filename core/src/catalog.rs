@@ -14,6 +14,7 @@ use crate::config::InfraSettings;
 use crate::fleet::{FleetCamera, Heartbeat};
 use crate::job::JobMessage;
 use crate::queue::{JobPublisher, QueueError};
+use crate::timelapse::{NewTimelapse, RenderProgress, Timelapse, TimelapseStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -186,12 +187,18 @@ impl Cursor {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub project_id: Uuid,
     pub status: Option<ImageStatus>,
     pub limit: i64,
     pub after: Option<Cursor>,
+    /// Only this camera's images.
+    pub camera_id: Option<Uuid>,
+    /// Only images captured at or after this time.
+    pub captured_from: Option<DateTime<Utc>>,
+    /// Only images captured before this time.
+    pub captured_to: Option<DateTime<Utc>>,
     /// Capture order (oldest first, as a timelapse runs) instead of newest first; the
     /// cursor then means "after this one" in that order.
     pub oldest_first: bool,
@@ -305,6 +312,27 @@ pub trait Catalog: Send + Sync + 'static {
     /// Every camera of a project (revoked ones too) with its last heartbeat and its last
     /// received image, by name.
     async fn fleet(&self, project_id: Uuid) -> Result<Vec<FleetCamera>, CatalogError>;
+    /// Queues a timelapse render.
+    async fn create_timelapse(&self, t: &NewTimelapse) -> Result<Timelapse, CatalogError>;
+    async fn timelapse(&self, id: Uuid) -> Result<Option<Timelapse>, CatalogError>;
+    /// Claims the oldest queued render, or one whose renderer's lease ran out, for
+    /// `lease`. Safe with many renderers at once.
+    async fn claim_timelapse(&self, lease: Duration) -> Result<Option<Timelapse>, CatalogError>;
+    /// Records progress and extends the lease.
+    async fn timelapse_progress(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        lease: Duration,
+    ) -> Result<(), CatalogError>;
+    async fn finish_timelapse(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        video_key: &str,
+        bytes: i64,
+    ) -> Result<(), CatalogError>;
+    async fn fail_timelapse(&self, id: Uuid, reason: &str) -> Result<(), CatalogError>;
 }
 
 /// PostgreSQL adapter.
@@ -374,6 +402,37 @@ const IMAGE_SELECT: &str = "SELECT i.id, i.project_id, p.slug AS project, i.came
      i.received_at, i.sha256, i.bytes, i.content_type, i.width, i.height, i.input_key, i.status, \
      i.attempts, i.faces, i.boxes, i.model, i.duration_ms, i.output_key, i.error, i.updated_at \
      FROM images i JOIN projects p ON p.id = i.project_id";
+
+const TIMELAPSE_SELECT: &str = "SELECT t.id, t.project_id, p.slug AS project, t.camera_id, \
+     t.captured_from, t.captured_to, t.fps, t.width, t.height, t.status, t.attempts, t.frames_total, \
+     t.frames_rendered, t.frames_skipped, t.video_key, t.bytes, t.error, t.created_at, t.updated_at \
+     FROM timelapses t JOIN projects p ON p.id = t.project_id";
+
+fn pg_timelapse(r: &sqlx::postgres::PgRow) -> Result<Timelapse, CatalogError> {
+    let status: String = r.try_get("status")?;
+    Ok(Timelapse {
+        id: r.try_get("id")?,
+        project_id: r.try_get("project_id")?,
+        project: r.try_get("project")?,
+        camera_id: r.try_get("camera_id")?,
+        captured_from: r.try_get("captured_from")?,
+        captured_to: r.try_get("captured_to")?,
+        fps: r.try_get("fps")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        status: TimelapseStatus::parse(&status)
+            .ok_or_else(|| CatalogError::Other(format!("unknown timelapse status {status}")))?,
+        attempts: r.try_get("attempts")?,
+        frames_total: r.try_get("frames_total")?,
+        frames_rendered: r.try_get("frames_rendered")?,
+        frames_skipped: r.try_get("frames_skipped")?,
+        video_key: r.try_get("video_key")?,
+        bytes: r.try_get("bytes")?,
+        error: r.try_get("error")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
 
 impl PgCatalog {
     /// A lazily connecting pool: the service starts (and reports not-ready) while the
@@ -625,6 +684,11 @@ impl Catalog for PgCatalog {
         } else {
             sql.push_str(" AND $3::timestamptz IS NULL AND $4::uuid IS NULL");
         }
+        sql.push_str(
+            " AND ($6::uuid IS NULL OR i.camera_id = $6) \
+             AND ($7::timestamptz IS NULL OR i.captured_at >= $7) \
+             AND ($8::timestamptz IS NULL OR i.captured_at < $8)",
+        );
         sql.push_str(&format!(
             " ORDER BY i.captured_at {dir}, i.id {dir} LIMIT $5"
         ));
@@ -635,6 +699,9 @@ impl Catalog for PgCatalog {
             .bind(q.after.map(|c| c.captured_at))
             .bind(q.after.map(|c| c.id))
             .bind(q.limit)
+            .bind(q.camera_id)
+            .bind(q.captured_from)
+            .bind(q.captured_to)
             .fetch_all(&self.pool)
             .await?;
         rows.into_iter().map(Image::try_from).collect()
@@ -842,6 +909,108 @@ impl Catalog for PgCatalog {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(CatalogError::from)
+    }
+
+    async fn create_timelapse(&self, t: &NewTimelapse) -> Result<Timelapse, CatalogError> {
+        sqlx::query(
+            "INSERT INTO timelapses (id, project_id, camera_id, captured_from, captured_to, fps, width, height) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(t.id)
+        .bind(t.project_id)
+        .bind(t.camera_id)
+        .bind(t.captured_from)
+        .bind(t.captured_to)
+        .bind(t.fps)
+        .bind(t.width)
+        .bind(t.height)
+        .execute(&self.pool)
+        .await?;
+        self.timelapse(t.id)
+            .await?
+            .ok_or_else(|| CatalogError::Other("timelapse vanished after insert".into()))
+    }
+
+    async fn timelapse(&self, id: Uuid) -> Result<Option<Timelapse>, CatalogError> {
+        let row = sqlx::query(AssertSqlSafe(format!("{TIMELAPSE_SELECT} WHERE t.id = $1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(pg_timelapse).transpose()
+    }
+
+    async fn claim_timelapse(&self, lease: Duration) -> Result<Option<Timelapse>, CatalogError> {
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE timelapses SET status = 'rendering', attempts = attempts + 1, \
+                 lease_until = now() + make_interval(secs => $1), updated_at = now() \
+             WHERE id = (SELECT id FROM timelapses \
+                         WHERE status = 'queued' OR (status = 'rendering' AND lease_until < now()) \
+                         ORDER BY created_at LIMIT 1 FOR UPDATE SKIP LOCKED) \
+             RETURNING id",
+        )
+        .bind(lease.as_secs_f64())
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.timelapse(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn timelapse_progress(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        lease: Duration,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE timelapses SET frames_total = $2, frames_rendered = $3, frames_skipped = $4, \
+                 lease_until = now() + make_interval(secs => $5), updated_at = now() \
+             WHERE id = $1 AND status = 'rendering'",
+        )
+        .bind(id)
+        .bind(p.frames_total)
+        .bind(p.frames_rendered)
+        .bind(p.frames_skipped)
+        .bind(lease.as_secs_f64())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn finish_timelapse(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        video_key: &str,
+        bytes: i64,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE timelapses SET status = 'done', frames_total = $2, frames_rendered = $3, \
+                 frames_skipped = $4, video_key = $5, bytes = $6, error = NULL, lease_until = NULL, \
+                 updated_at = now() WHERE id = $1",
+        )
+        .bind(id)
+        .bind(p.frames_total)
+        .bind(p.frames_rendered)
+        .bind(p.frames_skipped)
+        .bind(video_key)
+        .bind(bytes)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn fail_timelapse(&self, id: Uuid, reason: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE timelapses SET status = 'failed', error = $2, lease_until = NULL, updated_at = now() \
+             WHERE id = $1 AND status <> 'done'",
+        )
+        .bind(id)
+        .bind(reason)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 }
 

@@ -75,6 +75,8 @@ pub struct InfraSettings {
     pub input_bucket: String,
     /// Bucket for anonymized images.
     pub output_bucket: String,
+    /// Bucket for rendered timelapse videos.
+    pub timelapse_bucket: String,
     /// `auto`, `json` or `pretty`.
     pub log_format: LogFormat,
     /// `tracing` filter directives, e.g. `info,backend=debug`.
@@ -97,6 +99,7 @@ impl Default for InfraSettings {
             s3_force_path_style: true,
             input_bucket: "lapseguard-input".into(),
             output_bucket: "lapseguard-output".into(),
+            timelapse_bucket: "lapseguard-timelapses".into(),
             log_format: LogFormat::Auto,
             log_filter: "info".into(),
         }

@@ -26,6 +26,7 @@ use crate::catalog::{
 use crate::fleet::{FleetCamera, Heartbeat};
 use crate::job::JobMessage;
 use crate::queue::{JobPublisher, QueueError};
+use crate::timelapse::{NewTimelapse, RenderProgress, Timelapse, TimelapseStatus};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations-sqlite");
 
@@ -151,6 +152,37 @@ fn project_from(r: &SqliteRow) -> Result<Project, CatalogError> {
         slug: r.try_get("slug")?,
         name: r.try_get("name")?,
         created_at: time(r.try_get("created_at")?)?,
+    })
+}
+
+const TIMELAPSE_SELECT: &str = "SELECT t.id, t.project_id, p.slug AS project, t.camera_id, \
+     t.captured_from, t.captured_to, t.fps, t.width, t.height, t.status, t.attempts, t.frames_total, \
+     t.frames_rendered, t.frames_skipped, t.video_key, t.bytes, t.error, t.created_at, t.updated_at \
+     FROM timelapses t JOIN projects p ON p.id = t.project_id";
+
+fn timelapse_from(r: &SqliteRow) -> Result<Timelapse, CatalogError> {
+    let status: String = r.try_get("status")?;
+    Ok(Timelapse {
+        id: r.try_get("id")?,
+        project_id: r.try_get("project_id")?,
+        project: r.try_get("project")?,
+        camera_id: r.try_get("camera_id")?,
+        captured_from: opt_time(r.try_get("captured_from")?)?,
+        captured_to: opt_time(r.try_get("captured_to")?)?,
+        fps: r.try_get("fps")?,
+        width: r.try_get("width")?,
+        height: r.try_get("height")?,
+        status: TimelapseStatus::parse(&status)
+            .ok_or_else(|| CatalogError::Other(format!("unknown timelapse status {status}")))?,
+        attempts: r.try_get("attempts")?,
+        frames_total: r.try_get("frames_total")?,
+        frames_rendered: r.try_get("frames_rendered")?,
+        frames_skipped: r.try_get("frames_skipped")?,
+        video_key: r.try_get("video_key")?,
+        bytes: r.try_get("bytes")?,
+        error: r.try_get("error")?,
+        created_at: time(r.try_get("created_at")?)?,
+        updated_at: time(r.try_get("updated_at")?)?,
     })
 }
 
@@ -409,6 +441,11 @@ impl Catalog for SqliteCatalog {
         } else {
             sql.push_str(" AND ?3 IS NULL AND ?4 IS NULL");
         }
+        sql.push_str(
+            " AND (?6 IS NULL OR i.camera_id = ?6) \
+             AND (?7 IS NULL OR i.captured_at >= ?7) \
+             AND (?8 IS NULL OR i.captured_at < ?8)",
+        );
         sql.push_str(&format!(
             " ORDER BY i.captured_at {dir}, i.id {dir} LIMIT ?5"
         ));
@@ -418,6 +455,9 @@ impl Catalog for SqliteCatalog {
             .bind(q.after.map(|c| micros(c.captured_at)))
             .bind(q.after.map(|c| c.id))
             .bind(q.limit)
+            .bind(q.camera_id)
+            .bind(q.captured_from.map(micros))
+            .bind(q.captured_to.map(micros))
             .fetch_all(&self.pool)
             .await
             .map_err(conflict_or)?;
@@ -647,6 +687,123 @@ impl Catalog for SqliteCatalog {
                 })
             })
             .collect()
+    }
+
+    async fn create_timelapse(&self, t: &NewTimelapse) -> Result<Timelapse, CatalogError> {
+        let now = now_micros();
+        sqlx::query(
+            "INSERT INTO timelapses (id, project_id, camera_id, captured_from, captured_to, fps, width, \
+                 height, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)",
+        )
+        .bind(t.id)
+        .bind(t.project_id)
+        .bind(t.camera_id)
+        .bind(t.captured_from.map(micros))
+        .bind(t.captured_to.map(micros))
+        .bind(t.fps)
+        .bind(t.width)
+        .bind(t.height)
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        self.timelapse(t.id)
+            .await?
+            .ok_or_else(|| CatalogError::Other("timelapse vanished after insert".into()))
+    }
+
+    async fn timelapse(&self, id: Uuid) -> Result<Option<Timelapse>, CatalogError> {
+        sqlx::query(AssertSqlSafe(format!("{TIMELAPSE_SELECT} WHERE t.id = ?1")))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(conflict_or)?
+            .as_ref()
+            .map(timelapse_from)
+            .transpose()
+    }
+
+    async fn claim_timelapse(&self, lease: Duration) -> Result<Option<Timelapse>, CatalogError> {
+        let now = now_micros();
+        let id: Option<Uuid> = sqlx::query_scalar(
+            "UPDATE timelapses SET status = 'rendering', attempts = attempts + 1, lease_until = ?2, \
+                 updated_at = ?1 \
+             WHERE id = (SELECT id FROM timelapses \
+                         WHERE status = 'queued' OR (status = 'rendering' AND lease_until < ?1) \
+                         ORDER BY created_at LIMIT 1) \
+             RETURNING id",
+        )
+        .bind(now)
+        .bind(now.saturating_add(dur_micros(lease)))
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        match id {
+            Some(id) => self.timelapse(id).await,
+            None => Ok(None),
+        }
+    }
+
+    async fn timelapse_progress(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        lease: Duration,
+    ) -> Result<(), CatalogError> {
+        let now = now_micros();
+        sqlx::query(
+            "UPDATE timelapses SET frames_total = ?2, frames_rendered = ?3, frames_skipped = ?4, \
+                 lease_until = ?5, updated_at = ?6 WHERE id = ?1 AND status = 'rendering'",
+        )
+        .bind(id)
+        .bind(p.frames_total)
+        .bind(p.frames_rendered)
+        .bind(p.frames_skipped)
+        .bind(now.saturating_add(dur_micros(lease)))
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn finish_timelapse(
+        &self,
+        id: Uuid,
+        p: RenderProgress,
+        video_key: &str,
+        bytes: i64,
+    ) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE timelapses SET status = 'done', frames_total = ?2, frames_rendered = ?3, \
+                 frames_skipped = ?4, video_key = ?5, bytes = ?6, error = NULL, lease_until = NULL, \
+                 updated_at = ?7 WHERE id = ?1",
+        )
+        .bind(id)
+        .bind(p.frames_total)
+        .bind(p.frames_rendered)
+        .bind(p.frames_skipped)
+        .bind(video_key)
+        .bind(bytes)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
+    }
+
+    async fn fail_timelapse(&self, id: Uuid, reason: &str) -> Result<(), CatalogError> {
+        sqlx::query(
+            "UPDATE timelapses SET status = 'failed', error = ?2, lease_until = NULL, updated_at = ?3 \
+             WHERE id = ?1 AND status <> 'done'",
+        )
+        .bind(id)
+        .bind(reason)
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(conflict_or)?;
+        Ok(())
     }
 }
 
@@ -900,6 +1057,7 @@ mod tests {
             limit: 2,
             after: None,
             oldest_first: true,
+            ..Default::default()
         };
         let asc = c.list_images(&first).await.unwrap();
         assert_eq!(
@@ -929,6 +1087,7 @@ mod tests {
                 limit: 3,
                 after: None,
                 oldest_first: false,
+                ..Default::default()
             })
             .await
             .unwrap();
@@ -947,6 +1106,7 @@ mod tests {
                     id: last.id,
                 }),
                 oldest_first: false,
+                ..Default::default()
             })
             .await
             .unwrap();

@@ -8,6 +8,7 @@
 //!   [`objects`] (object store), [`queue`] (job publishing), [`catalog`] (metadata store).
 //! - [`embedded`]: the same ports over one SQLite file (metadata store and durable
 //!   job queue) for the all-in-one mode.
+//! - [`timelapse`]: timelapse render requests and their progress (kept by the catalog).
 //! - [`fleet`]: camera heartbeats and the fleet view's rows (kept by the catalog).
 
 pub mod catalog;
@@ -19,6 +20,7 @@ pub mod objects;
 pub mod queue;
 pub mod shutdown;
 pub mod telemetry;
+pub mod timelapse;
 
 /// Installs the process-wide rustls crypto provider.
 ///

@@ -30,6 +30,12 @@ impl ObjectError {
     }
 }
 
+/// A streamed object body.
+pub struct ObjectStream {
+    pub len: Option<u64>,
+    pub body: futures::stream::BoxStream<'static, Result<Bytes, std::io::Error>>,
+}
+
 /// A small object store: what lapseguard needs and nothing more.
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
@@ -53,6 +59,16 @@ pub trait ObjectStore: Send + Sync + 'static {
         self.put(bucket, key, body, content_type).await
     }
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, ObjectError>;
+    /// Uploads a local file without reading it into memory (videos).
+    async fn put_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<(), ObjectError>;
+    /// An object as a stream of chunks, with its length when known (videos).
+    async fn get_stream(&self, bucket: &str, key: &str) -> Result<ObjectStream, ObjectError>;
     /// Deleting a missing object is not an error.
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError>;
     async fn exists(&self, bucket: &str, key: &str) -> Result<bool, ObjectError>;
@@ -211,6 +227,45 @@ impl ObjectStore for S3Store {
             .await
             .map_err(|e| ObjectError::Unavailable(format!("reading {bucket}/{key}: {e}")))?;
         Ok(data.into_bytes())
+    }
+
+    async fn put_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        path: &Path,
+        content_type: &str,
+    ) -> Result<(), ObjectError> {
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| ObjectError::Other(format!("reading {}: {e}", path.display())))?;
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        Ok(())
+    }
+
+    async fn get_stream(&self, bucket: &str, key: &str) -> Result<ObjectStream, ObjectError> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        let len = out.content_length.and_then(|l| u64::try_from(l).ok());
+        let reader = out.body.into_async_read();
+        Ok(ObjectStream {
+            len,
+            body: Box::pin(tokio_util::io::ReaderStream::new(reader)),
+        })
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {
@@ -377,6 +432,56 @@ impl ObjectStore for FsStore {
             }),
             Err(e) => Err(io_err(e)),
         }
+    }
+
+    async fn put_file(
+        &self,
+        bucket: &str,
+        key: &str,
+        src: &Path,
+        _content_type: &str,
+    ) -> Result<(), ObjectError> {
+        let path = self.path(bucket, key)?;
+        if !tokio::fs::try_exists(self.root.join(bucket))
+            .await
+            .map_err(io_err)?
+        {
+            return Err(ObjectError::NotFound {
+                bucket: bucket.into(),
+                key: String::new(),
+            });
+        }
+        let src = src.to_path_buf();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            std::fs::copy(&src, &tmp)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| ObjectError::Other(e.to_string()))?
+        .map_err(io_err)
+    }
+
+    async fn get_stream(&self, bucket: &str, key: &str) -> Result<ObjectStream, ObjectError> {
+        let file = match tokio::fs::File::open(self.path(bucket, key)?).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ObjectError::NotFound {
+                    bucket: bucket.into(),
+                    key: key.into(),
+                });
+            }
+            Err(e) => return Err(io_err(e)),
+        };
+        let len = file.metadata().await.map_err(io_err)?.len();
+        Ok(ObjectStream {
+            len: Some(len),
+            body: Box::pin(tokio_util::io::ReaderStream::new(file)),
+        })
     }
 
     async fn delete(&self, bucket: &str, key: &str) -> Result<(), ObjectError> {

@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -17,6 +18,7 @@ use lapseguard_core::catalog::{Catalog, CatalogError, Project};
 use lapseguard_core::config::{self, InfraSettings};
 use lapseguard_core::embedded::{self, DataDirLock, SqliteCatalog, SqliteQueue};
 use lapseguard_core::objects::{FsStore, ObjectStore};
+use renderer::{Renderer, RendererSettings};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use worker::consumer::{Consumer, Health};
@@ -132,7 +134,8 @@ async fn main() -> anyhow::Result<()> {
             }
             let backend: BackendSettings = config::load(cli.config.as_deref())?;
             let worker: WorkerSettings = config::load(cli.config.as_deref())?;
-            up(infra, backend, worker, emb, &args).await
+            let render: RendererSettings = config::load(cli.config.as_deref())?;
+            up(infra, backend, worker, render, emb, &args).await
         }
     }
 }
@@ -217,6 +220,7 @@ async fn up(
     infra: InfraSettings,
     mut backend_settings: BackendSettings,
     mut worker_settings: WorkerSettings,
+    render_settings: RendererSettings,
     emb: EmbeddedSettings,
     args: &UpArgs,
 ) -> anyhow::Result<()> {
@@ -233,7 +237,11 @@ async fn up(
     let queue = SqliteQueue::new(pool, Duration::from_secs(emb.queue_lease_secs.max(1)));
     let objects_root = data.join("objects");
     let objects = Arc::new(FsStore::new(&objects_root));
-    for bucket in [&infra.input_bucket, &infra.output_bucket] {
+    for bucket in [
+        &infra.input_bucket,
+        &infra.output_bucket,
+        &infra.timelapse_bucket,
+    ] {
         objects.ensure_bucket(bucket).await?;
     }
     let recovered = queue.recover().await?;
@@ -285,6 +293,30 @@ async fn up(
     });
     let consuming = tokio::spawn(consumer.run_embedded(queue.clone(), shutdown.clone()));
 
+    // Timelapse renders (POST /v1/projects/{slug}/timelapses), when ffmpeg is installed.
+    let rendering = match renderer::ffmpeg_version(&render_settings.ffmpeg_path).await {
+        Some(_) => {
+            let r = Arc::new(Renderer {
+                catalog: catalog.clone(),
+                objects: objects.clone(),
+                infra: Arc::new(infra.clone()),
+                settings: RendererSettings {
+                    render_work_dir: data.join("render"),
+                    ..render_settings
+                },
+                ready: Arc::new(AtomicBool::new(false)),
+            });
+            Some(tokio::spawn(r.run(shutdown.clone())))
+        }
+        None => {
+            tracing::warn!(
+                ffmpeg = %render_settings.ffmpeg_path.display(),
+                "ffmpeg not found: timelapse requests stay queued until it is installed"
+            );
+            None
+        }
+    };
+
     let base = format!("http://{addr}");
     println!("lapseguard is up at {base}");
     println!("  data directory:   {}", data.display());
@@ -332,6 +364,9 @@ async fn up(
         }
     }
     consuming.await??;
+    if let Some(r) = rendering {
+        r.await?;
+    }
     server.await??;
     if let Some(p) = demo_project {
         let counts = catalog.status_counts(p.id).await?;

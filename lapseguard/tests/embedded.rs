@@ -1,6 +1,7 @@
 //! The all-in-one mode end to end, through the real binary: the demo camera uploads,
-//! the worker anonymizes, a crash mid-run loses and duplicates nothing, and the gallery
-//! shows thumbnails in headless Chromium without ever exposing an original.
+//! the worker anonymizes, a crash mid-run loses and duplicates nothing, the gallery
+//! shows thumbnails in headless Chromium without ever exposing an original, and the
+//! embedded renderer makes a timelapse of the demo frames.
 //!
 //! Needs the model (`eval "$(scripts/fetch-models.sh)"`) and, for the browser test,
 //! Chromium and the Playwright driver (`eval "$(scripts/browser-deps.sh)"`); the test
@@ -187,6 +188,7 @@ async fn killed_mid_run_it_finishes_the_queue_after_a_restart_nothing_lost_or_du
             limit: 1000,
             after: None,
             oldest_first: true,
+            ..Default::default()
         })
         .await
         .unwrap();
@@ -339,6 +341,67 @@ async fn gallery_in_headless_chromium_shows_thumbnails_and_never_an_original() {
     // Thumbnails were made once and cached next to the outputs.
     let thumbs = walk_thumbs(&data.join("objects/lapseguard-output"));
     assert!(thumbs >= 4, "{thumbs} cached thumbnails");
+
+    // The embedded renderer turns the demo frames into a timelapse.
+    let r = http
+        .post(format!("{base}/v1/projects/demo/timelapses"))
+        .bearer_auth(admin.trim())
+        .json(&serde_json::json!({"fps": 6, "width": 256, "height": 256}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let t: serde_json::Value = r.json().await.unwrap();
+    let status_url = format!("{base}/v1/timelapses/{}", t["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let s: serde_json::Value = http
+            .get(&status_url)
+            .bearer_auth(admin.trim())
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if s["status"] == "done" || s["status"] == "failed" {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "render never finished: {s}\n{}",
+            run.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(done["status"], "done", "{done}");
+    assert_eq!(done["frames_rendered"], FRAMES);
+    let video = http
+        .get(format!("{status_url}/video"))
+        .bearer_auth(admin.trim())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let file = dir.0.join("demo.mp4");
+    std::fs::write(&file, &video).unwrap();
+    let probe = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-count_frames"])
+        .args([
+            "-show_entries",
+            "stream=nb_read_frames,width,height",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&file)
+        .output()
+        .expect("ffprobe");
+    assert_eq!(
+        String::from_utf8_lossy(&probe.stdout).trim(),
+        format!("256,256,{FRAMES}")
+    );
     run.terminate();
 }
 

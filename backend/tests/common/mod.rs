@@ -161,6 +161,7 @@ impl TestApp {
         infra.database_url = db_url.to_string();
         infra.input_bucket = format!("lg-{short}-in");
         infra.output_bucket = format!("lg-{short}-out");
+        infra.timelapse_bucket = format!("lg-{short}-tl");
         infra.amqp_prefix = format!("lgtest.{short}");
         PgCatalog::connect_lazy(&infra)
             .unwrap()
@@ -170,6 +171,10 @@ impl TestApp {
         let objects = S3Store::new(&infra);
         objects.ensure_bucket(&infra.input_bucket).await.unwrap();
         objects.ensure_bucket(&infra.output_bucket).await.unwrap();
+        objects
+            .ensure_bucket(&infra.timelapse_bucket)
+            .await
+            .unwrap();
 
         // What the backend sees: possibly through proxies.
         let mut seen = infra.clone();
@@ -351,6 +356,34 @@ impl TestApp {
             .list(&self.infra.input_bucket, "")
             .await
             .unwrap()
+    }
+
+    /// What a worker does once an image is anonymized: the output in the output bucket,
+    /// the image recorded `done`. Returns the output key.
+    pub async fn record_done(&self, id: &str, output: Vec<u8>) -> String {
+        let id = Uuid::parse_str(id).unwrap();
+        let img = self.state.catalog.image(id).await.unwrap().unwrap();
+        let key = format!("{}.out.png", img.input_key);
+        self.objects
+            .put(&self.infra.output_bucket, &key, output.into(), "image/png")
+            .await
+            .unwrap();
+        self.state.catalog.claim_job(id).await.unwrap();
+        self.state
+            .catalog
+            .complete_job(
+                id,
+                &lapseguard_core::catalog::JobResult {
+                    faces: 2,
+                    boxes: serde_json::json!([]),
+                    model: "test".into(),
+                    duration_ms: 1,
+                    output_key: key.clone(),
+                },
+            )
+            .await
+            .unwrap();
+        key
     }
 
     pub async fn stop(mut self) {
