@@ -49,7 +49,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run backend and worker over the data directory until Ctrl-C.
+    /// Run backend, worker and timelapse renderer over the data directory until Ctrl-C.
     Up(UpArgs),
 }
 
