@@ -12,7 +12,8 @@
 #              schemas of the custom resources used (CloudNativePG Cluster, KEDA
 #              ScaledObject/TriggerAuthentication; tests/k8s/schemas, generated from the
 #              CRDs in the operators' Go modules). A kind without a schema fails.
-# 3. lint      checkov (PyPI) on the rendered manifests and on containers/*.Containerfile:
+# 3. lint      checkov (PyPI) on the rendered manifests, containers/*.Containerfile and
+#              fluentd/Containerfile:
 #              zero findings; exceptions only as checkov.io/skipN annotations (manifests)
 #              or `# checkov:skip=ID: reason` lines (Containerfiles), each with its reason
 #              (the policy test checks the annotations carry one).
@@ -157,6 +158,8 @@ lint() {
     mkdir -p "$cf/$(basename "$f" .Containerfile)"
     cp "$f" "$cf/$(basename "$f" .Containerfile)/Dockerfile"
   done
+  # the log collector's image (k8s/components/logging)
+  mkdir -p "$cf/fluentd" && cp fluentd/Containerfile "$cf/fluentd/Dockerfile"
   "$CHECKOV_VENV/bin/checkov" --framework kubernetes --framework dockerfile --directory "$OUT" --skip-download \
     --compact --output cli --output json --output-file-path "$report" >/dev/null 2>"$OUT/checkov.stderr"
   if ! "$VENV/bin/python" - "$report/results_json.json" <<'PY'
@@ -191,7 +194,7 @@ policy() {
 # ----------------------------------------------------------------- main -----
 case "${1:-}" in
   --update-crd-schemas) update_crd_schemas; exit $? ;;
-  -h|--help) sed -n '2,26p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h|--help) sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   "") ;;
   *) die "unknown argument: $1 (see --help)" ;;
 esac

@@ -39,3 +39,6 @@ scripts/check-k8s.sh
 
 log "running the test suite"
 cargo test --workspace --locked "$@"
+
+log "checking the logging pipeline (real OpenSearch node, Fluentd field mapping, saved searches)"
+scripts/check-logging.sh

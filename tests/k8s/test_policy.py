@@ -3,6 +3,11 @@ overlay (see conftest.py). docs/operations.md explains the reasons; exceptions a
 annotations on the workload that carry their justification:
 
   lapseguard.io/probes: "none: <why>" | "no-liveness: <why>"
+  lapseguard.io/security-exceptions: "<exception>[,<exception>...]: <why>"
+      exceptions to the "restricted" pod rules, each named (runAsRoot, hostPath,
+      serviceAccountToken, privileged) and each used; allowed only outside the
+      namespace lapseguard, in a namespace whose Pod Security level permits them
+      (the logging namespace of k8s/components/logging)
   checkov.io/skipN: "CKV_K8S_xx=<why>"
 """
 
@@ -19,6 +24,10 @@ from conftest import K8S, OVERLAYS, objects
 POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "CronJob"}
 LONG_RUNNING = {"Deployment", "StatefulSet", "DaemonSet"}
 NAMESPACE = "lapseguard"
+# Namespaces the overlays may create, with the Pod Security level each enforces.
+NAMESPACES = {"lapseguard": "restricted", "lapseguard-logging": "privileged"}
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding"}
+SECURITY_EXCEPTIONS = {"runAsRoot", "hostPath", "serviceAccountToken", "privileged"}
 RECOMMENDED = ("app.kubernetes.io/name", "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by")
 WEAK_EXEC = {"ls", "true", "cat", "echo", "test", "/bin/true"}
 
@@ -174,60 +183,108 @@ def test_probe_exemptions_are_justified(objs):
 # security
 
 
+def security_exceptions(o):
+    """The exceptions a workload declares (lapseguard.io/security-exceptions), or None
+    when the annotation is malformed."""
+    value = o["metadata"].get("annotations", {}).get("lapseguard.io/security-exceptions")
+    if value is None:
+        return set()
+    m = re.match(r"^([A-Za-z,]+): (.{40,})$", value)
+    if not m:
+        return None
+    names = set(m.group(1).split(","))
+    return names if names <= SECURITY_EXCEPTIONS else None
+
+
+def pod_security_findings(o):
+    """(exception that would allow it, finding) for every departure from the rules."""
+    spec = pod_spec(o)
+    psc = spec.get("securityContext", {})
+    where = name_of(o)
+    found = []
+    if psc.get("runAsNonRoot") is not True:
+        found.append(("runAsRoot", f"{where}: pod securityContext.runAsNonRoot is not true"))
+    if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
+        found.append((None, f"{where}: pod seccompProfile is not RuntimeDefault"))
+    if psc.get("runAsUser") == 0:
+        found.append(("runAsRoot", f"{where}: runs as uid 0"))
+    if spec.get("automountServiceAccountToken") is not False:
+        found.append(("serviceAccountToken", f"{where}: automountServiceAccountToken is not false"))
+    for flag in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(flag):
+            found.append((None, f"{where}: {flag}"))
+    for v in spec.get("volumes", []):
+        if "hostPath" in v:
+            found.append(("hostPath", f"{where}: hostPath volume {v['name']}"))
+    for _, c in all_containers(spec):
+        sc = c.get("securityContext", {})
+        cw = f"{where}/{c['name']}"
+        # A privileged container is root with every capability: one exception covers it.
+        privileged = "privileged" if sc.get("privileged") else None
+        if sc.get("allowPrivilegeEscalation") is not False:
+            found.append((privileged, f"{cw}: allowPrivilegeEscalation is not false"))
+        if sc.get("privileged"):
+            found.append(("privileged", f"{cw}: privileged"))
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            found.append((None, f"{cw}: capabilities.drop is not [ALL]"))
+        if sc.get("capabilities", {}).get("add"):
+            found.append((None, f"{cw}: adds capabilities"))
+        if sc.get("readOnlyRootFilesystem") is not True:
+            found.append((None, f"{cw}: readOnlyRootFilesystem is not true"))
+        if sc.get("runAsUser") == 0:
+            found.append((privileged or "runAsRoot", f"{cw}: runs as uid 0"))
+        if sc.get("runAsNonRoot") is False:
+            found.append((privileged or "runAsRoot", f"{cw}: runAsNonRoot is false"))
+    return found
+
+
 def test_pod_security(objs):
     problems = []
     for o in workloads(objs):
-        spec = pod_spec(o)
-        psc = spec.get("securityContext", {})
-        where = name_of(o)
-        if psc.get("runAsNonRoot") is not True:
-            problems.append(f"{where}: pod securityContext.runAsNonRoot is not true")
-        if psc.get("seccompProfile", {}).get("type") != "RuntimeDefault":
-            problems.append(f"{where}: pod seccompProfile is not RuntimeDefault")
-        if psc.get("runAsUser") == 0:
-            problems.append(f"{where}: runs as uid 0")
-        if spec.get("automountServiceAccountToken") is not False:
-            problems.append(f"{where}: automountServiceAccountToken is not false")
-        for flag in ("hostNetwork", "hostPID", "hostIPC"):
-            if spec.get(flag):
-                problems.append(f"{where}: {flag}")
-        for v in spec.get("volumes", []):
-            if "hostPath" in v:
-                problems.append(f"{where}: hostPath volume {v['name']}")
-        for _, c in all_containers(spec):
-            sc = c.get("securityContext", {})
-            cw = f"{where}/{c['name']}"
-            if sc.get("allowPrivilegeEscalation") is not False:
-                problems.append(f"{cw}: allowPrivilegeEscalation is not false")
-            if sc.get("privileged"):
-                problems.append(f"{cw}: privileged")
-            if sc.get("capabilities", {}).get("drop") != ["ALL"]:
-                problems.append(f"{cw}: capabilities.drop is not [ALL]")
-            if sc.get("capabilities", {}).get("add"):
-                problems.append(f"{cw}: adds capabilities")
-            if sc.get("readOnlyRootFilesystem") is not True:
-                problems.append(f"{cw}: readOnlyRootFilesystem is not true")
-            if sc.get("runAsUser") == 0:
-                problems.append(f"{cw}: runs as uid 0")
+        declared = security_exceptions(o)
+        if declared is None:
+            problems.append(f"{name_of(o)}: lapseguard.io/security-exceptions must be "
+                            f"'<{'|'.join(sorted(SECURITY_EXCEPTIONS))},...>: <why, a sentence at least>'")
+            continue
+        if declared and NAMESPACES.get(o["metadata"].get("namespace")) == "restricted":
+            problems.append(f"{name_of(o)}: exceptions {sorted(declared)} in a namespace that enforces restricted")
+        used = set()
+        for exception, finding in pod_security_findings(o):
+            if exception in declared:
+                used.add(exception)
+            else:
+                problems.append(finding)
+        if declared - used:
+            problems.append(f"{name_of(o)}: declares unused security exceptions {sorted(declared - used)}")
     assert not problems, "\n".join(problems)
 
 
 def test_namespace_enforces_restricted_pod_security(objs):
-    ns = [o for o in objs if o["kind"] == "Namespace"]
-    assert [n["metadata"]["name"] for n in ns] == [NAMESPACE]
-    assert ns[0]["metadata"]["labels"].get("pod-security.kubernetes.io/enforce") == "restricted"
+    ns = {n["metadata"]["name"]: n for n in objs if n["kind"] == "Namespace"}
+    assert NAMESPACE in ns and set(ns) <= set(NAMESPACES), sorted(ns)
+    for name, n in ns.items():
+        labels = n["metadata"]["labels"]
+        assert labels.get("pod-security.kubernetes.io/enforce") == NAMESPACES[name], name
+        if NAMESPACES[name] != "restricted":
+            # A looser level only where a workload there declares why it needs it, and
+            # every departure from restricted is still recorded.
+            assert labels.get("pod-security.kubernetes.io/audit") == "restricted", name
+            assert any(security_exceptions(o) for o in workloads(objs) if o["metadata"].get("namespace") == name), \
+                f"{name} enforces {NAMESPACES[name]} but no workload there declares an exception"
 
 
 def test_default_deny_and_every_pod_has_an_allow_policy(objs):
-    policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
-    deny = [p for p in policies if p["spec"]["podSelector"] == {}
-            and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
-            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
-    assert deny, "no default-deny NetworkPolicy (podSelector {}, Ingress+Egress, no rules)"
-    specific = [p for p in policies if p["spec"]["podSelector"] != {}]
-    unselected = [name_of(o) for o in workloads(objs)
-                  if not any(selects(p["spec"]["podSelector"], pod_labels(o)) for p in specific)]
-    assert not unselected, f"pods with no NetworkPolicy of their own (only default deny): {unselected}"
+    namespaces = {o["metadata"]["namespace"] for o in workloads(objs)}
+    for ns in sorted(namespaces):
+        policies = [o for o in objs if o["kind"] == "NetworkPolicy" and o["metadata"].get("namespace") == ns]
+        deny = [p for p in policies if p["spec"]["podSelector"] == {}
+                and set(p["spec"].get("policyTypes", [])) == {"Ingress", "Egress"}
+                and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+        assert deny, f"{ns}: no default-deny NetworkPolicy (podSelector {{}}, Ingress+Egress, no rules)"
+        specific = [p for p in policies if p["spec"]["podSelector"] != {}]
+        unselected = [name_of(o) for o in workloads(objs) if o["metadata"]["namespace"] == ns
+                      and not any(selects(p["spec"]["podSelector"], pod_labels(o)) for p in specific)]
+        assert not unselected, f"{ns}: pods with no NetworkPolicy of their own (only default deny): {unselected}"
 
 
 def test_linter_exceptions_are_justified(objs):
@@ -327,7 +384,10 @@ def test_recommended_labels_and_namespace(objs):
         for label in RECOMMENDED:
             if label not in labels:
                 problems.append(f"{name_of(o)}: no label {label}")
-        if o["kind"] != "Namespace" and o["metadata"].get("namespace") != NAMESPACE:
+        if o["kind"] in CLUSTER_SCOPED:
+            if o["metadata"].get("namespace"):
+                problems.append(f"{name_of(o)}: cluster-scoped object with a namespace")
+        elif o["metadata"].get("namespace") not in NAMESPACES:
             problems.append(f"{name_of(o)}: namespace {o['metadata'].get('namespace')!r}")
         if o["kind"] in POD_KINDS and "app.kubernetes.io/name" not in pod_labels(o):
             problems.append(f"{name_of(o)}: pod template without app.kubernetes.io/name")
