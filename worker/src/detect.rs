@@ -316,9 +316,18 @@ pub struct CenterFace {
 
 impl CenterFace {
     pub fn load(cfg: &DetectorConfig) -> Result<Self, DetectError> {
-        let provider = Self::provider_for(cfg)?;
+        let mut provider = Self::provider_for(cfg)?;
         // Build one session now so that a bad model or provider fails at start-up.
-        let first = Self::session(cfg, provider)?;
+        let first = match Self::session(cfg, provider) {
+            // The CUDA provider library is there but CUDA itself is not (no driver, no
+            // cuBLAS/cuDNN on the library path): `auto` means "CUDA if it works".
+            Err(e) if cfg.device == Device::Auto && provider == Provider::Cuda => {
+                tracing::warn!(error = %e, "device=auto: CUDA provider failed to start, running on CPU");
+                provider = Provider::Cpu;
+                Self::session(cfg, provider)?
+            }
+            other => other?,
+        };
         Ok(Self {
             sessions: vec![((0, 0), first)],
             cfg: cfg.clone(),
