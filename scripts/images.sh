@@ -9,18 +9,24 @@
 #                         (put them into the overlay's kustomize images: as digest:)
 #   --from-source         build everything inside the builder images (default target of
 #                         each Containerfile; needs the base images and crates.io/PyPI)
-#   --base-image IMG      runtime base of backend, worker, camera-agent (build arg BASE_IMAGE);
+#   --base-image IMG      runtime base of all but worker-gpu (build arg BASE_IMAGE);
 #                         for offline builds a local Debian 12+ image, e.g. localhost/debian:12
 #   --gpu-base-image IMG  runtime base of worker-gpu (build arg GPU_BASE_IMAGE)
 #   --cuda-from-pypi      put the CUDA 13 + cuDNN 9 libraries from pinned PyPI wheels into
 #                         the worker-gpu image (for a base without CUDA, e.g. the local Debian)
+#   --local-base          no registry at all: use localhost/debian:12 as --base-image (and as
+#                         --gpu-base-image with --cuda-from-pypi; worker-gpu is skipped
+#                         otherwise), creating it when missing from `debootstrap --variant=minbase
+#                         bookworm` (root, debootstrap, the Debian archive; DEBIAN_MIRROR); the
+#                         rootfs tarball is cached in ~/.cache/lapseguard/images/ and reused
 #   --tool buildah|podman|docker   (default: the first one found, in that order)
 #
 # Default ("prebuilt", works offline given a local base image): the binaries are built on
 # this machine (cargo build --release --locked), ONNX Runtime and the model are fetched
 # with scripts/fetch-models.sh (from its cache when present) and staged under
 # target/images/, and each image is built with `--target prebuilt` — the build only
-# copies files into the base image, it downloads nothing and runs nothing in it.
+# copies files into the base image, it downloads nothing and runs nothing in it (but for
+# the renderer, which installs Debian's ffmpeg: the base's Debian archive must be reachable).
 #
 # Images: localhost/lapseguard/IMAGE:TAG (or REGISTRY/lapseguard/IMAGE:TAG with --push),
 # the names k8s/overlays/dev uses (newName localhost/lapseguard/IMAGE).
@@ -31,7 +37,7 @@ cd "$ROOT"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { printf '[images] ERROR: %s\n' "$*" >&2; exit 1; }
-usage() { sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//' >&2; }
+usage() { sed -n '2,32p' "$0" | sed 's/^# \{0,1\}//' >&2; }
 
 # CUDA 13 runtime libraries for onnxruntime-gpu 1.31.1 (--cuda-from-pypi), installed --no-deps.
 CUDA_WHEELS=(nvidia-cuda-runtime==13.5.37 nvidia-cublas==13.10.0.20 nvidia-curand==10.4.4.72
@@ -42,7 +48,7 @@ CUDA_WHEELS=(nvidia-cuda-runtime==13.5.37 nvidia-cublas==13.10.0.20 nvidia-curan
 shift
 
 TAG=$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\(.*\)"/\1/p' Cargo.toml | head -1)
-REGISTRY=""; FROM_SOURCE=0; CUDA_PYPI=0; TOOL=""; BASE_IMAGE=""; GPU_BASE_IMAGE=""
+REGISTRY=""; FROM_SOURCE=0; CUDA_PYPI=0; TOOL=""; BASE_IMAGE=""; GPU_BASE_IMAGE=""; LOCAL_BASE=0
 IMAGES=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -52,6 +58,7 @@ while [ $# -gt 0 ]; do
     --base-image) BASE_IMAGE="$2"; shift ;;
     --gpu-base-image) GPU_BASE_IMAGE="$2"; shift ;;
     --cuda-from-pypi) CUDA_PYPI=1 ;;
+    --local-base) LOCAL_BASE=1 ;;
     --tool) TOOL="$2"; shift ;;
     -h|--help) usage; exit 0 ;;
     backend|worker|worker-gpu|renderer|camera-agent) IMAGES+=("$1") ;;
@@ -66,6 +73,67 @@ if [ -z "$TOOL" ]; then
   for t in buildah podman docker; do command -v "$t" >/dev/null && { TOOL=$t; break; }; done
 fi
 [ -n "$TOOL" ] || die "none of buildah, podman, docker found (Debian: apt-get install buildah)"
+
+# ---- --local-base: a Debian 12 base image made here, without any registry -------
+LOCAL_BASE_REF=localhost/debian:12
+image_exists() {
+  case "$TOOL" in
+    buildah) buildah inspect --type image "$1" >/dev/null 2>&1 ;;
+    *) "$TOOL" image inspect "$1" >/dev/null 2>&1 ;;
+  esac
+}
+make_local_base() {
+  image_exists "$LOCAL_BASE_REF" && { log "using $LOCAL_BASE_REF"; return 0; }
+  local cache="${LAPSEGUARD_CACHE_DIR:-$HOME/.cache/lapseguard}/images"
+  local tarball="$cache/debian-12-minbase.tar.gz"
+  if [ ! -s "$tarball" ]; then
+    [ "$(id -u)" = 0 ] || die "--local-base: debootstrap needs root (or import $tarball yourself)"
+    command -v debootstrap >/dev/null || die "--local-base: debootstrap not found (Debian: apt-get install debootstrap)"
+    local root mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
+    root=$(mktemp -d); chmod 0755 "$root"; mkdir -p "$cache"
+    log "debootstrap --variant=minbase bookworm ($mirror) -> $tarball"
+    debootstrap --variant=minbase bookworm "$root" "$mirror" >&2 || { rm -rf "$root"; die "debootstrap failed"; }
+    # Like the official debian:12 image: updates and security suites, no docs/man/locales.
+    printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s-security bookworm-security main\n' \
+      "$mirror" "$mirror" "$mirror" > "$root/etc/apt/sources.list"
+    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
+      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
+      'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
+      'path-exclude /usr/share/lintian/*' > "$root/etc/dpkg/dpkg.cfg.d/excludes"
+    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
+      "$root"/usr/share/man/* "$root"/usr/share/info/* \
+      "$root"/tmp/* "$root"/var/tmp/*
+    find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
+    tar --numeric-owner -C "$root" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
+    rm -rf "$root"
+  else
+    log "reusing $tarball"
+  fi
+  log "importing $tarball as $LOCAL_BASE_REF"
+  case "$TOOL" in
+    buildah)
+      local c; c=$(buildah from --pull-never scratch)
+      buildah add "$c" "$tarball" / >/dev/null
+      buildah config --cmd /bin/bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
+      buildah commit --rm "$c" "$LOCAL_BASE_REF" >/dev/null ;;
+    podman|docker)
+      "$TOOL" import --change 'CMD ["/bin/bash"]' \
+        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+        "$tarball" "$LOCAL_BASE_REF" >/dev/null ;;
+  esac
+}
+if [ "$LOCAL_BASE" = 1 ]; then
+  make_local_base
+  [ -n "$BASE_IMAGE" ] || BASE_IMAGE=$LOCAL_BASE_REF
+  if [ -z "$GPU_BASE_IMAGE" ]; then
+    if [ "$CUDA_PYPI" = 1 ]; then GPU_BASE_IMAGE=$LOCAL_BASE_REF
+    else
+      keep=(); for img in "${IMAGES[@]}"; do [ "$img" = worker-gpu ] || keep+=("$img"); done
+      [ ${#keep[@]} = ${#IMAGES[@]} ] || log "skipping worker-gpu: the local base has no CUDA (add --cuda-from-pypi, or --gpu-base-image)"
+      IMAGES=(${keep[@]+"${keep[@]}"})
+    fi
+  fi
+fi
 
 # Which workspace members exist (camera-agent may not be there yet).
 crate_exists() { [ -f "$1/Cargo.toml" ]; }
