@@ -826,6 +826,10 @@ pub struct SqliteQueue {
     lease: Duration,
 }
 
+fn queue_err(e: impl std::fmt::Display) -> QueueError {
+    QueueError::Unavailable(e.to_string())
+}
+
 fn dur_micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
@@ -846,7 +850,7 @@ impl SqliteQueue {
                 .bind(now_micros())
                 .execute(&self.pool)
                 .await
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+                .map_err(queue_err)?;
         Ok(done.rows_affected())
     }
 
@@ -864,7 +868,7 @@ impl SqliteQueue {
         .bind(max)
         .fetch_all(&self.pool)
         .await
-        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        .map_err(queue_err)?;
         rows.iter()
             .map(|r| {
                 Ok(Lease {
@@ -874,7 +878,7 @@ impl SqliteQueue {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(|e| QueueError::Unavailable(e.to_string()))
+            .map_err(queue_err)
     }
 
     /// Done (or nothing left to do): the job leaves the queue.
@@ -883,7 +887,7 @@ impl SqliteQueue {
             .bind(job_id)
             .execute(&self.pool)
             .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            .map_err(queue_err)?;
         Ok(())
     }
 
@@ -894,7 +898,7 @@ impl SqliteQueue {
             .bind(now_micros().saturating_add(dur_micros(delay)))
             .execute(&self.pool)
             .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            .map_err(queue_err)?;
         Ok(())
     }
 
@@ -905,7 +909,7 @@ impl SqliteQueue {
             .bind(reason)
             .execute(&self.pool)
             .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            .map_err(queue_err)?;
         Ok(())
     }
 
@@ -916,12 +920,10 @@ impl SqliteQueue {
         )
         .fetch_one(&self.pool)
         .await
-        .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        .map_err(queue_err)?;
         Ok((
-            row.try_get("live")
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?,
-            row.try_get("dead")
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?,
+            row.try_get("live").map_err(queue_err)?,
+            row.try_get("dead").map_err(queue_err)?,
         ))
     }
 }
@@ -934,10 +936,9 @@ impl JobPublisher for SqliteQueue {
             .pool
             .begin_with("BEGIN IMMEDIATE")
             .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            .map_err(queue_err)?;
         for job in jobs {
-            let payload = String::from_utf8(job.to_json())
-                .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            let payload = String::from_utf8(job.to_json()).map_err(queue_err)?;
             // A job id already queued (a relay that crashed after publishing) is one job.
             sqlx::query(
                 "INSERT INTO jobs (job_id, payload, enqueued_at, visible_at) VALUES (?1, ?2, ?3, ?3) \
@@ -948,11 +949,9 @@ impl JobPublisher for SqliteQueue {
             .bind(now)
             .execute(&mut *tx)
             .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+            .map_err(queue_err)?;
         }
-        tx.commit()
-            .await
-            .map_err(|e| QueueError::Unavailable(e.to_string()))?;
+        tx.commit().await.map_err(queue_err)?;
         Ok(())
     }
 
