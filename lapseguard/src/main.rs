@@ -229,6 +229,7 @@ async fn up(
         .with_context(|| format!("taking the data directory {}", data.display()))?;
     ensure_model(&mut worker_settings, &emb.fetch_models_script)?;
     worker_settings.validate().map_err(anyhow::Error::msg)?;
+    let configured_admin = !backend_settings.admin_token.is_empty();
     backend_settings.admin_token = admin_token(&backend_settings.admin_token, &data)?;
     backend_settings.listen = emb.embedded_listen.clone();
 
@@ -320,7 +321,11 @@ async fn up(
     let base = format!("http://{addr}");
     println!("lapseguard is up at {base}");
     println!("  data directory:   {}", data.display());
-    println!("  admin token:      {}", data.join("admin-token").display());
+    if configured_admin {
+        println!("  admin token:      from configuration (admin_token)");
+    } else {
+        println!("  admin token:      {}", data.join("admin-token").display());
+    }
 
     let mut demo_task = None;
     let mut demo_project = None;

@@ -61,6 +61,13 @@ impl Running {
         let log = data.with_extension(format!("{}.log", uuid::Uuid::new_v4().simple()));
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(BIN);
+        // Only what this test sets: the test command exports the cluster services'
+        // settings (admin token, bucket names...), which must not leak in.
+        for (k, _) in std::env::vars() {
+            if k.starts_with("LAPSEGUARD_") && k != "LAPSEGUARD_MODEL_PATH" {
+                cmd.env_remove(k);
+            }
+        }
         cmd.args(["up", "--data-dir"])
             .arg(data)
             .args(["--listen", &format!("127.0.0.1:{port}"), "--demo"])
