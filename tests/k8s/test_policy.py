@@ -300,6 +300,21 @@ def test_linter_exceptions_are_justified(objs):
 # availability
 
 
+def test_no_pdb_selects_the_pods_of_a_job(objs):
+    # A budget whose selector also matches a Job's pods breaks evictions of those pods
+    # ("jobs.batch does not implement the scale subresource"), seen on a live cluster
+    # with the backend budget and the migration Job.
+    pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
+    problems = [
+        f"{name_of(p)} selects the pods of {name_of(o)}"
+        for o in objs if o["kind"] in ("Job", "CronJob")
+        for p in pdbs
+        if p["metadata"].get("namespace") == o["metadata"].get("namespace")
+        and selects(p["spec"]["selector"], pod_labels(o))
+    ]
+    assert not problems, "\n".join(problems)
+
+
 def test_every_replicated_workload_has_a_pdb(objs):
     pdbs = [o for o in objs if o["kind"] == "PodDisruptionBudget"]
     scaled = {o["spec"]["scaleTargetRef"]["name"] for o in objs
