@@ -182,7 +182,7 @@ pub async fn create_project(
     ))
 }
 
-async fn project_for(
+pub(crate) async fn project_for(
     state: &AppState,
     slug: &str,
 ) -> Result<lapseguard_core::catalog::Project, ApiError> {

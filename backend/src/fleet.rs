@@ -311,12 +311,7 @@ pub async fn list_cameras(
     Path(slug): Path<String>,
 ) -> Result<Json<Fleet>, ApiError> {
     let unavailable = |e: CatalogError| ApiError::from_catalog(e, state.settings.retry_after_secs);
-    let project = state
-        .catalog
-        .project_by_slug(&slug)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| ApiError::NotFound(format!("no project {slug:?}")))?;
+    let project = crate::api::project_for(&state, &slug).await?;
     if !principal.may_read_project(project.id) {
         return Err(ApiError::Forbidden(format!(
             "this token may not read project {slug:?}"

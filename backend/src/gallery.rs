@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use chrono::{DateTime, Duration, Utc};
 use hmac::{Hmac, Mac};
-use lapseguard_core::catalog::{Cursor, Image, ImageStatus, ListQuery, Project};
+use lapseguard_core::catalog::{Cursor, Image, ImageStatus, ListQuery};
 use lapseguard_core::objects::ObjectError;
 use maud::{DOCTYPE, Markup, PreEscaped, html};
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,8 @@ use tokio::sync::Semaphore;
 use uuid::Uuid;
 
 use crate::AppState;
-use crate::auth::{Principal, constant_time_eq};
+use crate::api::project_for as project;
+use crate::auth::{Principal, bearer_token, constant_time_eq};
 use crate::problem::ApiError;
 
 const COOKIE_NAME: &str = "lapseguard_gallery";
@@ -105,8 +106,7 @@ fn authorize(state: &AppState, headers: &HeaderMap, slug: &str) -> Result<(), Ap
     let bearer = headers
         .get(AUTHORIZATION)
         .and_then(|h| h.to_str().ok())
-        .and_then(|h| h.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     if let Some(token) = bearer
         && !admin.is_empty()
         && constant_time_eq(token.as_bytes(), admin)
@@ -126,15 +126,6 @@ fn authorize(state: &AppState, headers: &HeaderMap, slug: &str) -> Result<(), Ap
                 .into(),
         )),
     }
-}
-
-async fn project(state: &AppState, slug: &str) -> Result<Project, ApiError> {
-    state
-        .catalog
-        .project_by_slug(slug)
-        .await
-        .map_err(|e| ApiError::from_catalog(e, state.settings.retry_after_secs))?
-        .ok_or_else(|| ApiError::NotFound(format!("no project {slug:?}")))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -15,6 +15,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::AppState;
+use crate::api::project_for;
 use crate::auth::Principal;
 use crate::problem::{ApiError, Problem};
 
@@ -135,12 +136,7 @@ pub async fn create(
             .map_err(|e| ApiError::BadRequest(format!("invalid timelapse request: {e}")))?
     };
     let unavailable = |e| ApiError::from_catalog(e, state.settings.retry_after_secs);
-    let project = state
-        .catalog
-        .project_by_slug(&slug)
-        .await
-        .map_err(unavailable)?
-        .ok_or_else(|| ApiError::NotFound(format!("no project {slug:?}")))?;
+    let project = project_for(&state, &slug).await?;
     let fps = req.fps.unwrap_or(24);
     if !(1..=120).contains(&fps) {
         return Err(ApiError::BadRequest("fps must be 1 to 120".into()));

@@ -87,6 +87,26 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// One PUT of `body` (in memory or streamed from a file).
+    async fn put_body(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: ByteStream,
+        content_type: &str,
+    ) -> Result<(), ObjectError> {
+        self.client
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .content_type(content_type)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| classify(e, bucket, key))?;
+        Ok(())
+    }
+
     pub fn new(settings: &InfraSettings) -> Self {
         let mut b = aws_sdk_s3::Config::builder()
             .behavior_version_latest()
@@ -200,16 +220,8 @@ impl ObjectStore for S3Store {
         body: Bytes,
         content_type: &str,
     ) -> Result<(), ObjectError> {
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(ByteStream::from(body))
-            .send()
+        self.put_body(bucket, key, ByteStream::from(body), content_type)
             .await
-            .map_err(|e| classify(e, bucket, key))?;
-        Ok(())
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, ObjectError> {
@@ -239,16 +251,7 @@ impl ObjectStore for S3Store {
         let body = ByteStream::from_path(path)
             .await
             .map_err(|e| ObjectError::Other(format!("reading {}: {e}", path.display())))?;
-        self.client
-            .put_object()
-            .bucket(bucket)
-            .key(key)
-            .content_type(content_type)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| classify(e, bucket, key))?;
-        Ok(())
+        self.put_body(bucket, key, body, content_type).await
     }
 
     async fn get_stream(&self, bucket: &str, key: &str) -> Result<ObjectStream, ObjectError> {
@@ -366,6 +369,38 @@ impl FsStore {
         Self { root: root.into() }
     }
 
+    /// Writes an object the crash-safe way: `fill` writes (and syncs) a temporary file
+    /// next to it, which is then renamed into place and the folder synced. A crash
+    /// leaves at most a `.tmp-*` file, never a partial object.
+    async fn write_atomically(
+        &self,
+        bucket: &str,
+        key: &str,
+        fill: impl FnOnce(&Path) -> std::io::Result<()> + Send + 'static,
+    ) -> Result<(), ObjectError> {
+        let path = self.path(bucket, key)?;
+        if !tokio::fs::try_exists(self.root.join(bucket))
+            .await
+            .map_err(io_err)?
+        {
+            return Err(ObjectError::NotFound {
+                bucket: bucket.into(),
+                key: String::new(),
+            });
+        }
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
+            fill(&tmp)?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })
+        .await
+        .map_err(|e| ObjectError::Other(e.to_string()))?
+        .map_err(io_err)
+    }
+
     fn path(&self, bucket: &str, key: &str) -> Result<PathBuf, ObjectError> {
         let mut p = self.root.join(safe_segment(bucket)?);
         for comp in Path::new(key).components() {
@@ -399,28 +434,13 @@ impl ObjectStore for FsStore {
         body: Bytes,
         _content_type: &str,
     ) -> Result<(), ObjectError> {
-        let path = self.path(bucket, key)?;
-        let bucket_dir = self.root.join(bucket);
-        if !tokio::fs::try_exists(&bucket_dir).await.map_err(io_err)? {
-            return Err(ObjectError::NotFound {
-                bucket: bucket.into(),
-                key: String::new(),
-            });
-        }
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        self.write_atomically(bucket, key, move |tmp| {
             use std::io::Write;
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-            let mut f = std::fs::File::create(&tmp)?;
+            let mut f = std::fs::File::create(tmp)?;
             f.write_all(&body)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
+            f.sync_all()
         })
         .await
-        .map_err(|e| ObjectError::Other(e.to_string()))?
-        .map_err(io_err)
     }
 
     async fn get(&self, bucket: &str, key: &str) -> Result<Bytes, ObjectError> {
@@ -441,29 +461,12 @@ impl ObjectStore for FsStore {
         src: &Path,
         _content_type: &str,
     ) -> Result<(), ObjectError> {
-        let path = self.path(bucket, key)?;
-        if !tokio::fs::try_exists(self.root.join(bucket))
-            .await
-            .map_err(io_err)?
-        {
-            return Err(ObjectError::NotFound {
-                bucket: bucket.into(),
-                key: String::new(),
-            });
-        }
         let src = src.to_path_buf();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let dir = path.parent().unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let tmp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
-            std::fs::copy(&src, &tmp)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(dir)?.sync_all()
+        self.write_atomically(bucket, key, move |tmp| {
+            std::fs::copy(&src, tmp)?;
+            std::fs::File::open(tmp)?.sync_all()
         })
         .await
-        .map_err(|e| ObjectError::Other(e.to_string()))?
-        .map_err(io_err)
     }
 
     async fn get_stream(&self, bucket: &str, key: &str) -> Result<ObjectStream, ObjectError> {
