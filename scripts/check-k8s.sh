@@ -12,7 +12,7 @@
 #              schemas of the custom resources used (CloudNativePG Cluster, KEDA
 #              ScaledObject/TriggerAuthentication; tests/k8s/schemas, generated from the
 #              CRDs in the operators' Go modules). A kind without a schema fails.
-# 3. lint      checkov (PyPI) on the rendered manifests, containers/*.Containerfile and
+# 3. lint      checkov (PyPI) on the rendered manifests, containers/{,services/}*.Containerfile and
 #              fluentd/Containerfile:
 #              zero findings; exceptions only as checkov.io/skipN annotations (manifests)
 #              or `# checkov:skip=ID: reason` lines (Containerfiles), each with its reason
@@ -154,7 +154,7 @@ lint() {
   # files named Dockerfile, so each is copied under that name).
   local report="$OUT/checkov" cf="$OUT/containerfiles" f
   rm -rf "$report" "$cf"
-  for f in containers/*.Containerfile; do
+  for f in containers/*.Containerfile containers/services/*.Containerfile; do
     mkdir -p "$cf/$(basename "$f" .Containerfile)"
     cp "$f" "$cf/$(basename "$f" .Containerfile)/Dockerfile"
   done

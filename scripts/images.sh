@@ -76,52 +76,9 @@ fi
 
 # ---- --local-base: a Debian 12 base image made here, without any registry -------
 LOCAL_BASE_REF=localhost/debian:12
-image_exists() {
-  case "$TOOL" in
-    buildah) buildah inspect --type image "$1" >/dev/null 2>&1 ;;
-    *) "$TOOL" image inspect "$1" >/dev/null 2>&1 ;;
-  esac
-}
-make_local_base() {
-  image_exists "$LOCAL_BASE_REF" && { log "using $LOCAL_BASE_REF"; return 0; }
-  local cache="${LAPSEGUARD_CACHE_DIR:-$HOME/.cache/lapseguard}/images"
-  local tarball="$cache/debian-12-minbase.tar.gz"
-  if [ ! -s "$tarball" ]; then
-    [ "$(id -u)" = 0 ] || die "--local-base: debootstrap needs root (or import $tarball yourself)"
-    command -v debootstrap >/dev/null || die "--local-base: debootstrap not found (Debian: apt-get install debootstrap)"
-    local root mirror="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-    root=$(mktemp -d); chmod 0755 "$root"; mkdir -p "$cache"
-    log "debootstrap --variant=minbase bookworm ($mirror) -> $tarball"
-    debootstrap --variant=minbase bookworm "$root" "$mirror" >&2 || { rm -rf "$root"; die "debootstrap failed"; }
-    # Like the official debian:12 image: updates and security suites, no docs/man/locales.
-    printf 'deb %s bookworm main\ndeb %s bookworm-updates main\ndeb %s-security bookworm-security main\n' \
-      "$mirror" "$mirror" "$mirror" > "$root/etc/apt/sources.list"
-    printf '%s\n' 'path-exclude /usr/share/doc/*' 'path-include /usr/share/doc/*/copyright' \
-      'path-exclude /usr/share/man/*' 'path-exclude /usr/share/info/*' \
-      'path-exclude /usr/share/locale/*' 'path-include /usr/share/locale/locale.alias' \
-      'path-exclude /usr/share/lintian/*' > "$root/etc/dpkg/dpkg.cfg.d/excludes"
-    rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/* "$root"/var/log/*.log \
-      "$root"/usr/share/man/* "$root"/usr/share/info/* \
-      "$root"/tmp/* "$root"/var/tmp/*
-    find "$root/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete 2>/dev/null || true
-    tar --numeric-owner -C "$root" -czf "$tarball.tmp" . && mv "$tarball.tmp" "$tarball"
-    rm -rf "$root"
-  else
-    log "reusing $tarball"
-  fi
-  log "importing $tarball as $LOCAL_BASE_REF"
-  case "$TOOL" in
-    buildah)
-      local c; c=$(buildah from --pull-never scratch)
-      buildah add "$c" "$tarball" / >/dev/null
-      buildah config --cmd /bin/bash --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$c"
-      buildah commit --rm "$c" "$LOCAL_BASE_REF" >/dev/null ;;
-    podman|docker)
-      "$TOOL" import --change 'CMD ["/bin/bash"]' \
-        --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
-        "$tarball" "$LOCAL_BASE_REF" >/dev/null ;;
-  esac
-}
+# shellcheck source=lib/local-base.sh
+. "$ROOT/scripts/lib/local-base.sh"
+make_local_base() { local_base_image "$TOOL" bookworm "$LOCAL_BASE_REF" || die "no local base image"; }
 if [ "$LOCAL_BASE" = 1 ]; then
   make_local_base
   [ -n "$BASE_IMAGE" ] || BASE_IMAGE=$LOCAL_BASE_REF
