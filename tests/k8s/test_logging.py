@@ -14,6 +14,22 @@ from test_policy import name_of, pod_spec, selects
 
 LOGGING_NS = "lapseguard-logging"
 
+# Overlays deployed without the logging component: e2e (scripts/e2e-cluster.sh; its
+# kustomization says why). Every other overlay must include it.
+WITHOUT_LOGGING = {"e2e"}
+
+
+@pytest.fixture
+def objs(overlay):
+    if overlay in WITHOUT_LOGGING:
+        pytest.skip(f"overlay {overlay} is deployed without the logging component")
+    return objects(overlay)
+
+
+def test_every_other_overlay_includes_logging(overlay):
+    text = (ROOT / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text()
+    assert ("../../components/logging" in text) == (overlay not in WITHOUT_LOGGING)
+
 
 def one(objs, kind, name):
     found = [o for o in objs if o["kind"] == kind and re.fullmatch(rf"{name}(-[a-z0-9]{{10}})?", o["metadata"]["name"])]

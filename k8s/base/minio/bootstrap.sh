@@ -45,7 +45,8 @@ log "lifecycle of $INPUT_BUCKET: expire originals after ${ORIGINALS_RETENTION_DA
 # buckets, nothing administrative.
 mc admin policy create lg lapseguard-app /etc/minio-bootstrap/app-policy.json
 mc admin user add lg "$APP_ACCESS_KEY_ID" "$APP_SECRET_ACCESS_KEY" >/dev/null
-if ! mc admin user info lg "$APP_ACCESS_KEY_ID" | grep -q 'lapseguard-app'; then
+# (match the PolicyName line only: the access key itself may contain the policy's name)
+if ! mc admin user info lg "$APP_ACCESS_KEY_ID" | grep -q '^PolicyName:.*lapseguard-app'; then
   mc admin policy attach lg lapseguard-app --user "$APP_ACCESS_KEY_ID"
 fi
 log "done"
