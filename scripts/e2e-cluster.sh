@@ -116,10 +116,13 @@ if [ "$REUSE" = 0 ] || ! kube get namespace lapseguard >/dev/null 2>&1; then
   kube apply -f "$OUT/e2e.yaml" >/dev/null
   log "waiting for every pod to be Ready (bound: 15 min)"
   deadline=$((SECONDS + 900))
+  # the long-running pods (a Job's failed first attempt — e.g. the migration before
+  # PostgreSQL was up — stays listed as Error and is not waited for)
+  SERVING='app.kubernetes.io/component notin (migration,bootstrap)'
   until kube -n lapseguard wait --for=condition=complete job/minio-bootstrap job/backend-migrate --timeout=5s >/dev/null 2>&1 \
-        && kube -n lapseguard wait --for=condition=Ready pod -l 'app.kubernetes.io/component notin (migration,bootstrap)' --timeout=5s >/dev/null 2>&1 \
-        && [ "$(kube -n lapseguard get pods --no-headers 2>/dev/null | grep -vc -e Completed -e Running)" = 0 ] \
-        && [ "$(kube -n lapseguard get pods -l 'app.kubernetes.io/component notin (migration,bootstrap)' --no-headers | wc -l)" -ge 9 ]; do
+        && kube -n lapseguard wait --for=condition=Ready pod -l "$SERVING" --timeout=5s >/dev/null 2>&1 \
+        && [ "$(kube -n lapseguard get pods -l "$SERVING" --no-headers 2>/dev/null | grep -vc ' Running ')" = 0 ] \
+        && [ "$(kube -n lapseguard get pods -l "$SERVING" --no-headers | wc -l)" -ge 9 ]; do
     [ $SECONDS -lt $deadline ] || { kube -n lapseguard get pods >&2; die "not every pod Ready after 15 min"; }
     sleep 5
   done
