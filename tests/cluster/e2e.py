@@ -234,7 +234,8 @@ class Camera:
 
     def retries(self) -> int:
         """Uploads the agent had to retry (its log: "upload failed; retrying")."""
-        self.logfile.flush()
+        if not self.logfile.closed:
+            self.logfile.flush()
         with open(os.path.join(self.dir, "agent.log"), "rb") as f:
             return f.read().count(b"upload failed; retrying")
 
