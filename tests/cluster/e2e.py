@@ -407,6 +407,14 @@ class E2E:
         n = self.args.load_images
         deleted = {}
 
+        # every node must hold a replica of the job queue before one is taken away
+        t0 = time.monotonic()
+        while self.queue_stats()["job_queue_members"] < 3:
+            if time.monotonic() - t0 > 180:
+                raise DrillFailed(f"the job queue has {self.queue_stats()['job_queue_members']} members, not 3")
+            time.sleep(5)
+        members_wait = time.monotonic() - t0
+
         def progress(i):
             if i == n // 4 and not deleted:
                 deleted["leader"] = self.queue_stats()["job_queue_leader"]
@@ -433,7 +441,8 @@ class E2E:
             raise DrillFailed(f"{q['dead_lettered']} jobs in the dead-letter queue")
         res["detail"] = (f"rabbitmq-1 deleted after {deleted.get('at')} of {n} frames (job queue leader then: "
                          f"{deleted.get('leader')}); {res['out']} done, lost {res['lost']}, dead-lettered "
-                         f"{q['dead_lettered']}; rabbitmq-1 Ready again after {deleted.get('back_s', -1):.0f} s")
+                         f"{q['dead_lettered']}; rabbitmq-1 Ready again after {deleted.get('back_s', -1):.0f} s; "
+                         f"job queue on {q['job_queue_members']} nodes (waited {members_wait:.0f} s for 3 before)")
         return res
 
     def queue_stats(self) -> dict:

@@ -374,7 +374,10 @@ def test_rabbitmq_cluster_shape(objs):
     conf = next(o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith("rabbitmq-config"))
     text = conf["data"]["rabbitmq.conf"]
     for line in ("cluster_formation.peer_discovery_backend = k8s", "cluster_partition_handling = pause_minority",
-                 "mqtt.listeners.tcp.default = 1883"):
+                 "mqtt.listeners.tcp.default = 1883",
+                 # queues declared before every node joined must still end up on 3 nodes
+                 "quorum_queue.continuous_membership_reconciliation.enabled = true",
+                 "quorum_queue.continuous_membership_reconciliation.target_group_size = 3"):
         assert line in text, line
     # a quorum default breaks the MQTT plugin's exclusive clean-session queues (every
     # camera's SUBSCRIBE is refused); the application declares its queues as quorum itself
