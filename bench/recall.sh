@@ -75,4 +75,12 @@ fi
 
 ensure_venv
 cd "$ROOT"
+# Our worker's model and ONNX Runtime, unless the caller chose them (e.g. the fp32
+# model: LAPSEGUARD_MODEL_PATH=$LAPSEGUARD_MODEL_FP32_PATH).
+if [ -z "${LAPSEGUARD_MODEL_PATH:-}" ] || [ -z "${ORT_DYLIB_PATH:-}" ]; then
+  chosen="${LAPSEGUARD_MODEL_PATH:-}"
+  eval "$("$ROOT/scripts/fetch-models.sh")"
+  LAPSEGUARD_MODEL_PATH="${chosen:-$LAPSEGUARD_MODEL_PATH}"
+  export LAPSEGUARD_MODEL_PATH ORT_DYLIB_PATH
+fi
 exec "$VENV/bin/python" "$ROOT/bench/recall.py" "$EVALSET" "$@"

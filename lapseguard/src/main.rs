@@ -255,8 +255,7 @@ async fn up(
 
     let s = worker_settings.clone();
     let processor = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        let detectors = worker::load_detectors(&s, s.worker_detectors.max(1))
-            .context("loading the face detector")?;
+        let detectors = worker::load_detectors_for_host(&s).context("loading the face detector")?;
         Ok(worker::processor(&s, detectors))
     })
     .await??;

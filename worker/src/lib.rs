@@ -39,6 +39,19 @@ pub fn load_detectors(
     Ok(DetectorPool::new(detectors))
 }
 
+/// Detectors shaped by [`WorkerSettings::inference_layout`] for the cores this process
+/// may run on (`available_parallelism` honours CPU affinity and cgroup quotas).
+pub fn load_detectors_for_host(
+    settings: &WorkerSettings,
+) -> Result<Arc<DetectorPool>, DetectError> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (n, threads) = settings.inference_layout(cores);
+    tracing::info!(detectors = n, threads, "inference layout");
+    let mut settings = settings.clone();
+    settings.worker_threads = threads;
+    load_detectors(&settings, n)
+}
+
 pub fn processor(settings: &WorkerSettings, detectors: Arc<DetectorPool>) -> Processor {
     Processor {
         detectors,

@@ -61,7 +61,9 @@ struct ModelArgs {
     /// Inference device.
     #[arg(long, value_enum)]
     device: Option<Device>,
-    /// ONNX Runtime threads (0 = all cores).
+    /// CPU cores for inference [default: all this process may use]. On CPU each core
+    /// runs its own single-threaded inference session (see worker_detectors /
+    /// worker_threads in docs/configuration.md to shape it differently).
     #[arg(long)]
     threads: Option<usize>,
     /// Longer side of the whole-frame pass; larger frames are also scanned in native tiles.
@@ -125,7 +127,7 @@ fn apply(settings: &mut WorkerSettings, m: &ModelArgs) {
         settings.worker_device = d;
     }
     if let Some(t) = m.threads {
-        settings.worker_threads = t;
+        settings.worker_cpus = t;
     }
     if let Some(s) = m.max_side {
         settings.detect_max_side = s;
@@ -173,8 +175,8 @@ fn main() -> anyhow::Result<()> {
 
 fn load(settings: &WorkerSettings) -> anyhow::Result<worker::pipeline::Processor> {
     settings.validate().map_err(anyhow::Error::msg)?;
-    let n = settings.worker_detectors.max(1);
-    let detectors = worker::load_detectors(settings, n).context("loading the face detector")?;
+    let detectors =
+        worker::load_detectors_for_host(settings).context("loading the face detector")?;
     Ok(worker::processor(settings, detectors))
 }
 

@@ -15,15 +15,20 @@ pub struct WorkerSettings {
     pub worker_listen: String,
     /// Jobs in flight at once (AMQP prefetch).
     pub worker_concurrency: u16,
-    /// Detector instances (each an inference session); 0 = 1 on CPU.
+    /// Detector instances (each an inference session, one image at a time); 0 = auto
+    /// (CPU: one per `worker_cpus / worker_threads`; CUDA: 1).
     pub worker_detectors: usize,
     /// Attempts before a job is given up (failed + dead-lettered) on transient errors.
     pub worker_max_attempts: i32,
     /// Seconds to finish in-flight jobs after SIGTERM.
     pub worker_shutdown_grace_secs: u64,
     pub worker_device: Device,
-    /// ONNX Runtime intra-op threads per detector (0 = all cores).
+    /// ONNX Runtime intra-op threads per detector; 0 = auto (CPU: 1 when detectors are
+    /// auto, else `worker_cpus / worker_detectors`; CUDA: runtime default).
     pub worker_threads: usize,
+    /// CPU cores inference may use (0 = all this process may run on, cgroup limits
+    /// included).
+    pub worker_cpus: usize,
     pub model_path: PathBuf,
     /// Path of `libonnxruntime.so`; empty = `ORT_DYLIB_PATH`.
     pub ort_dylib_path: PathBuf,
@@ -55,6 +60,7 @@ impl Default for WorkerSettings {
             worker_shutdown_grace_secs: 60,
             worker_device: Device::Cpu,
             worker_threads: 0,
+            worker_cpus: 0,
             model_path: PathBuf::new(),
             ort_dylib_path: PathBuf::new(),
             detect_threshold: d.threshold,
@@ -75,6 +81,31 @@ impl Default for WorkerSettings {
 }
 
 impl WorkerSettings {
+    /// How many detector instances to run and how many intra-op threads each gets,
+    /// for `cores` usable CPU cores (see `worker_cpus`).
+    ///
+    /// On CPU the default is one single-threaded session per core: sessions never wait
+    /// for each other, so decoding and encoding of other images fill the gaps, where one
+    /// session with N threads stalls all of them at every operator whenever one core is
+    /// busy elsewhere (measured: 2 cores, 1080p, int8 model: ~8.2 vs ~7.0 images/s).
+    /// Explicit values are kept as given.
+    pub fn inference_layout(&self, cores: usize) -> (usize, usize) {
+        let cores = if self.worker_cpus > 0 {
+            self.worker_cpus
+        } else {
+            cores.max(1)
+        };
+        if self.worker_device != Device::Cpu {
+            return (self.worker_detectors.max(1), self.worker_threads);
+        }
+        match (self.worker_detectors, self.worker_threads) {
+            (0, 0) => (cores, 1),
+            (0, t) => ((cores / t).max(1), t),
+            (d, 0) => (d, (cores / d).max(1)),
+            (d, t) => (d, t),
+        }
+    }
+
     pub fn detector(&self) -> DetectorConfig {
         DetectorConfig {
             model_path: self.model_path.clone(),
@@ -130,5 +161,44 @@ impl WorkerSettings {
             return Err("worker_concurrency and worker_max_attempts must be at least 1".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(device: Device, detectors: usize, threads: usize, cpus: usize) -> WorkerSettings {
+        WorkerSettings {
+            worker_device: device,
+            worker_detectors: detectors,
+            worker_threads: threads,
+            worker_cpus: cpus,
+            ..WorkerSettings::default()
+        }
+    }
+
+    #[test]
+    fn cpu_default_is_one_single_threaded_session_per_core() {
+        assert_eq!(with(Device::Cpu, 0, 0, 0).inference_layout(4), (4, 1));
+        assert_eq!(with(Device::Cpu, 0, 0, 0).inference_layout(0), (1, 1));
+        // worker_cpus overrides what the process sees.
+        assert_eq!(with(Device::Cpu, 0, 0, 2).inference_layout(16), (2, 1));
+    }
+
+    #[test]
+    fn cpu_fills_in_the_missing_half() {
+        assert_eq!(with(Device::Cpu, 0, 2, 0).inference_layout(8), (4, 2));
+        assert_eq!(with(Device::Cpu, 0, 4, 0).inference_layout(2), (1, 4));
+        assert_eq!(with(Device::Cpu, 2, 0, 0).inference_layout(8), (2, 4));
+        assert_eq!(with(Device::Cpu, 3, 0, 0).inference_layout(2), (3, 1));
+        assert_eq!(with(Device::Cpu, 1, 2, 0).inference_layout(16), (1, 2));
+    }
+
+    #[test]
+    fn gpu_keeps_one_session_unless_told() {
+        assert_eq!(with(Device::Cuda, 0, 0, 0).inference_layout(16), (1, 0));
+        assert_eq!(with(Device::Cuda, 2, 0, 0).inference_layout(16), (2, 0));
+        assert_eq!(with(Device::Auto, 0, 4, 0).inference_layout(16), (1, 4));
     }
 }

