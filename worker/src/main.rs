@@ -1,6 +1,9 @@
 //! `worker run` consumes anonymization jobs; `worker anonymize` and `worker detect` do
 //! the same work on files, without any server.
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
