@@ -452,6 +452,24 @@ impl CenterFace {
         Ok(&mut self.sessions[idx].1)
     }
 
+    /// Runs a blank 16:9 frame of `max_side` through the detector, so that ONNX
+    /// Runtime's first-run planning (and CUDA's kernel selection) for the usual
+    /// whole-frame shape happens at start-up, before the worker reports ready, not in
+    /// the first job.
+    pub fn warm_up(&mut self) -> Result<(), DetectError> {
+        let w = self.cfg.max_side.max(32);
+        let h = (w * 9 / 16).max(32);
+        let t = std::time::Instant::now();
+        self.detect(&RgbImage::new(w, h))?;
+        tracing::debug!(
+            width = w,
+            height = h,
+            ms = t.elapsed().as_millis() as u64,
+            "detector warmed up"
+        );
+        Ok(())
+    }
+
     pub fn provider(&self) -> Provider {
         self.provider
     }

@@ -34,7 +34,9 @@ pub fn load_detectors(
     let cfg = settings.detector();
     let mut detectors: Vec<Box<dyn FaceDetector>> = Vec::with_capacity(n.max(1));
     for _ in 0..n.max(1) {
-        detectors.push(Box::new(CenterFace::load(&cfg)?));
+        let mut det = CenterFace::load(&cfg)?;
+        det.warm_up()?;
+        detectors.push(Box::new(det));
     }
     Ok(DetectorPool::new(detectors))
 }
