@@ -156,13 +156,42 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                     key: key.into(),
                 }
             } else if status.is_some_and(|s| s >= 500) || code == "SlowDown" {
-                ObjectError::Unavailable(format!("{code}: {:?}", se.err().message()))
+                ObjectError::Unavailable(service_error_text(
+                    bucket,
+                    status,
+                    code,
+                    se.err().message(),
+                ))
             } else {
-                ObjectError::Other(format!("{code}: {:?}", se.err().message()))
+                ObjectError::Other(service_error_text(bucket, status, code, se.err().message()))
             }
         }
         _ => ObjectError::Other(format!("{err:?}")),
     }
+}
+
+/// "bucket: HTTP 403 AccessDenied: message", leaving out what the answer did not carry:
+/// a HEAD answer has no body, so a refused bucket check has only its status.
+fn service_error_text(
+    bucket: &str,
+    status: Option<u16>,
+    code: &str,
+    message: Option<&str>,
+) -> String {
+    let mut text = format!("bucket {bucket}:");
+    if let Some(s) = status {
+        text.push_str(&format!(" HTTP {s}"));
+    }
+    if !code.is_empty() {
+        text.push_str(&format!(" {code}"));
+    }
+    if let Some(m) = message.filter(|m| !m.is_empty()) {
+        text.push_str(&format!(" ({m})"));
+    }
+    if status.is_none() && code.is_empty() {
+        text.push_str(" unknown service error");
+    }
+    text
 }
 
 /// Hands SigV4 the payload hash the caller computed anyway (hashing a 2 MB upload a
@@ -562,6 +591,22 @@ impl ObjectStore for FsStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn service_errors_say_what_the_answer_carried() {
+        assert_eq!(
+            super::service_error_text("in", Some(403), "", None),
+            "bucket in: HTTP 403"
+        );
+        assert_eq!(
+            super::service_error_text("out", Some(403), "AccessDenied", Some("Access Denied.")),
+            "bucket out: HTTP 403 AccessDenied (Access Denied.)"
+        );
+        assert_eq!(
+            super::service_error_text("in", None, "", Some("")),
+            "bucket in: unknown service error"
+        );
+    }
+
     use super::*;
 
     #[tokio::test]
