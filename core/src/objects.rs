@@ -155,15 +155,13 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                     bucket: bucket.into(),
                     key: key.into(),
                 }
-            } else if status.is_some_and(|s| s >= 500) || code == "SlowDown" {
-                ObjectError::Unavailable(service_error_text(
-                    bucket,
-                    status,
-                    code,
-                    se.err().message(),
-                ))
             } else {
-                ObjectError::Other(service_error_text(bucket, status, code, se.err().message()))
+                let text = service_error_text(bucket, status, code, se.err().message());
+                if status.is_some_and(|s| s >= 500) || code == "SlowDown" {
+                    ObjectError::Unavailable(text)
+                } else {
+                    ObjectError::Other(text)
+                }
             }
         }
         _ => ObjectError::Other(format!("{err:?}")),

@@ -273,7 +273,7 @@ pub fn decode(
     out
 }
 
-/// What a model's input looks like (checked once per session).
+/// What a model's input looks like (read once, when the model is loaded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InputLayout {
     /// The fp32 model: `input.1`, f32 [N, 3, H, W], RGB 0..255.
@@ -358,6 +358,8 @@ const MAX_SESSIONS: usize = 4;
 /// on an H200: 0.34 vs 3.86 images/s).
 pub struct CenterFace {
     sessions: Vec<((u32, u32), Session)>,
+    /// The model's input; every session of this detector loads the same model.
+    layout: InputLayout,
     cfg: DetectorConfig,
     provider: Provider,
     resizer: fr::Resizer,
@@ -378,6 +380,7 @@ impl CenterFace {
             other => other?,
         };
         Ok(Self {
+            layout: InputLayout::of(&first)?,
             sessions: vec![((0, 0), first)],
             cfg: cfg.clone(),
             provider,
@@ -512,8 +515,8 @@ impl CenterFace {
                 )
                 .map_err(|e| DetectError::Inference(e.to_string()))?;
         }
+        let layout = self.layout;
         let session = self.session_for((p.in_w, p.in_h))?;
-        let layout = InputLayout::of(session)?;
         let tensor = if layout == InputLayout::U8Blocks2x2 {
             // The int8 model takes the pixels as they are, in 2x2 blocks
             // (scripts/models/centerface_int8.py, space_to_depth_stem).

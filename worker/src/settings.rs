@@ -168,37 +168,40 @@ impl WorkerSettings {
 mod tests {
     use super::*;
 
-    fn with(device: Device, detectors: usize, threads: usize, cpus: usize) -> WorkerSettings {
-        WorkerSettings {
-            worker_device: device,
-            worker_detectors: detectors,
-            worker_threads: threads,
-            worker_cpus: cpus,
-            ..WorkerSettings::default()
+    #[test]
+    fn inference_layout_per_device_and_setting() {
+        use Device::{Auto, Cpu, Cuda};
+        // (device, detectors, threads, worker_cpus, cores seen) -> (detectors, threads)
+        let cases = [
+            // CPU default: one single-threaded session per core; worker_cpus overrides
+            // what the process sees.
+            ((Cpu, 0, 0, 0, 4), (4, 1)),
+            ((Cpu, 0, 0, 0, 0), (1, 1)),
+            ((Cpu, 0, 0, 2, 16), (2, 1)),
+            // CPU fills in the missing half.
+            ((Cpu, 0, 2, 0, 8), (4, 2)),
+            ((Cpu, 0, 4, 0, 2), (1, 4)),
+            ((Cpu, 2, 0, 0, 8), (2, 4)),
+            ((Cpu, 3, 0, 0, 2), (3, 1)),
+            ((Cpu, 1, 2, 0, 16), (1, 2)),
+            // GPU keeps one session unless told.
+            ((Cuda, 0, 0, 0, 16), (1, 0)),
+            ((Cuda, 2, 0, 0, 16), (2, 0)),
+            ((Auto, 0, 4, 0, 16), (1, 4)),
+        ];
+        for ((device, detectors, threads, cpus, cores), want) in cases {
+            let s = WorkerSettings {
+                worker_device: device,
+                worker_detectors: detectors,
+                worker_threads: threads,
+                worker_cpus: cpus,
+                ..WorkerSettings::default()
+            };
+            assert_eq!(
+                s.inference_layout(cores),
+                want,
+                "{device:?} detectors={detectors} threads={threads} cpus={cpus} cores={cores}"
+            );
         }
-    }
-
-    #[test]
-    fn cpu_default_is_one_single_threaded_session_per_core() {
-        assert_eq!(with(Device::Cpu, 0, 0, 0).inference_layout(4), (4, 1));
-        assert_eq!(with(Device::Cpu, 0, 0, 0).inference_layout(0), (1, 1));
-        // worker_cpus overrides what the process sees.
-        assert_eq!(with(Device::Cpu, 0, 0, 2).inference_layout(16), (2, 1));
-    }
-
-    #[test]
-    fn cpu_fills_in_the_missing_half() {
-        assert_eq!(with(Device::Cpu, 0, 2, 0).inference_layout(8), (4, 2));
-        assert_eq!(with(Device::Cpu, 0, 4, 0).inference_layout(2), (1, 4));
-        assert_eq!(with(Device::Cpu, 2, 0, 0).inference_layout(8), (2, 4));
-        assert_eq!(with(Device::Cpu, 3, 0, 0).inference_layout(2), (3, 1));
-        assert_eq!(with(Device::Cpu, 1, 2, 0).inference_layout(16), (1, 2));
-    }
-
-    #[test]
-    fn gpu_keeps_one_session_unless_told() {
-        assert_eq!(with(Device::Cuda, 0, 0, 0).inference_layout(16), (1, 0));
-        assert_eq!(with(Device::Cuda, 2, 0, 0).inference_layout(16), (2, 0));
-        assert_eq!(with(Device::Auto, 0, 4, 0).inference_layout(16), (1, 4));
     }
 }
