@@ -45,8 +45,26 @@ where
     }
 }
 
-/// Initialises the global subscriber. Safe to call more than once (later calls are no-ops).
+/// Where log events go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sink {
+    /// Services: JSON on stdout for the log collector, human format on a terminal
+    /// (to stderr, so a terminal shows it beside any output).
+    Stdout,
+    /// Commands whose stdout carries their results (e.g. `worker detect`'s JSON
+    /// lines): every format goes to stderr.
+    Stderr,
+}
+
+/// Initialises the global subscriber for a service. Safe to call more than once
+/// (later calls are no-ops).
 pub fn init(service: &'static str, format: LogFormat, filter: &str) {
+    init_to(service, format, filter, Sink::Stdout)
+}
+
+/// As [`init`], with the events sent to `sink`; `Auto` picks JSON when that stream
+/// is not a terminal.
+pub fn init_to(service: &'static str, format: LogFormat, filter: &str, sink: Sink) {
     let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|f| EnvFilter::try_new(f).ok())
@@ -55,7 +73,10 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) {
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stdout().is_terminal(),
+        LogFormat::Auto => match sink {
+            Sink::Stdout => !std::io::stdout().is_terminal(),
+            Sink::Stderr => !std::io::stderr().is_terminal(),
+        },
     };
     if json {
         let inner = tracing_subscriber::fmt::format()
@@ -63,12 +84,14 @@ pub fn init(service: &'static str, format: LogFormat, filter: &str) {
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(false);
-        let _ = tracing_subscriber::fmt()
+        let builder = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .fmt_fields(JsonFields::new())
-            .event_format(WithService { service, inner })
-            .with_writer(std::io::stdout)
-            .try_init();
+            .event_format(WithService { service, inner });
+        let _ = match sink {
+            Sink::Stdout => builder.with_writer(std::io::stdout).try_init(),
+            Sink::Stderr => builder.with_writer(std::io::stderr).try_init(),
+        };
     } else {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)

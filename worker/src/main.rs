@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use lapseguard_core::catalog::PgCatalog;
 use lapseguard_core::config::{self, InfraSettings};
 use lapseguard_core::objects::S3Store;
+use lapseguard_core::telemetry;
 use tokio_util::sync::CancellationToken;
 use worker::anonymize::{BlurMode, MaskShape};
 use worker::consumer::{Consumer, Health};
@@ -142,7 +143,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let infra: InfraSettings = config::load(cli.config.as_deref())?;
     let mut settings: WorkerSettings = config::load(cli.config.as_deref())?;
-    lapseguard_core::telemetry::init("worker", infra.log_format, &infra.log_filter);
+    // `detect` writes its results to stdout as JSON lines: its logs go to stderr.
+    let sink = match cli.command {
+        Command::Detect(_) => telemetry::Sink::Stderr,
+        _ => telemetry::Sink::Stdout,
+    };
+    telemetry::init_to("worker", infra.log_format, &infra.log_filter, sink);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

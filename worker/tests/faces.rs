@@ -183,3 +183,40 @@ fn cuda_without_a_cuda_runtime_is_a_clear_startup_error_and_auto_falls_back() {
     let det = CenterFace::load(&cfg).expect("auto falls back to the CPU");
     assert_eq!(det.provider(), worker::detect::Provider::Cpu);
 }
+
+#[test]
+fn detect_command_writes_only_results_to_stdout_and_logs_to_stderr() {
+    // `worker detect` is scripted (bench/recall.sh reads its stdout): with JSON logs
+    // forced, every stdout line must still be a result, and the logs go to stderr.
+    let photo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../testdata/astronaut.png");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_worker"))
+        .args(["detect", "--threads", "1"])
+        .arg(&photo)
+        .env("LAPSEGUARD_LOG_FORMAT", "json")
+        .env("LAPSEGUARD_LOG_FILTER", "info")
+        .output()
+        .expect("worker runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "one result line per image: {stdout}");
+    let v: serde_json::Value = serde_json::from_str(lines[0]).expect("a JSON result");
+    assert!(
+        v["path"]
+            .as_str()
+            .is_some_and(|p| p.ends_with("astronaut.png")),
+        "{v}"
+    );
+    assert_eq!(v["faces"].as_array().map(Vec::len), Some(1), "{v}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("\"service\":\"worker\"") && l.contains("inference layout")),
+        "JSON logs on stderr: {stderr}"
+    );
+}
