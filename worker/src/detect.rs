@@ -123,6 +123,10 @@ pub struct DetectorConfig {
     /// Score a face found only in the enlarged pass needs (enlarging also makes texture
     /// look like faces, so this pass is held to a stricter bar).
     pub upscale_threshold: f32,
+    /// Frame sizes (width, height) run through each detector at start-up, so that every
+    /// input shape they bring (whole-frame pass, tiles) has its session made and
+    /// planned before the first job; empty = a 16:9 frame of `max_side`.
+    pub warmup_frames: Vec<(u32, u32)>,
 }
 
 impl Default for DetectorConfig {
@@ -139,8 +143,30 @@ impl Default for DetectorConfig {
             threads: 0,
             upscale: 2.0,
             upscale_threshold: 0.5,
+            warmup_frames: Vec::new(),
         }
     }
+}
+
+/// Parses `WIDTHxHEIGHT[,WIDTHxHEIGHT...]` (e.g. `1920x1080,3840x2160`); empty = none.
+pub fn parse_frame_sizes(list: &str) -> Result<Vec<(u32, u32)>, String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let (w, h) = s
+                .split_once(['x', 'X'])
+                .ok_or_else(|| format!("frame size {s:?} is not WIDTHxHEIGHT"))?;
+            let dim = |v: &str| {
+                v.trim()
+                    .parse::<u32>()
+                    .ok()
+                    .filter(|n| (32..=65_536).contains(n))
+                    .ok_or_else(|| format!("frame size {s:?}: sides must be 32..65536 pixels"))
+            };
+            Ok((dim(w)?, dim(h)?))
+        })
+        .collect()
 }
 
 /// A region of the image and the network input size it is stretched to.
@@ -455,22 +481,33 @@ impl CenterFace {
         Ok(&mut self.sessions[idx].1)
     }
 
-    /// Runs a blank 16:9 frame of `max_side` through the detector, so that ONNX
-    /// Runtime's first-run planning (and CUDA's kernel selection) for the usual
-    /// whole-frame shape happens at start-up, before the worker reports ready, not in
-    /// the first job.
+    /// Runs a blank frame of each `warmup_frames` size (default: a 16:9 frame of
+    /// `max_side`) through the detector, so that making a session for each input shape
+    /// and ONNX Runtime's first-run planning (on CUDA also cuDNN's kernel choice) happen
+    /// at start-up, before the worker reports ready, not in the first jobs.
     pub fn warm_up(&mut self) -> Result<(), DetectError> {
-        let w = self.cfg.max_side.max(32);
-        let h = (w * 9 / 16).max(32);
-        let t = std::time::Instant::now();
-        self.detect(&RgbImage::new(w, h))?;
-        tracing::debug!(
-            width = w,
-            height = h,
-            ms = t.elapsed().as_millis() as u64,
-            "detector warmed up"
-        );
+        let sizes = if self.cfg.warmup_frames.is_empty() {
+            let w = self.cfg.max_side.max(32);
+            vec![(w, (w * 9 / 16).max(32))]
+        } else {
+            self.cfg.warmup_frames.clone()
+        };
+        for (w, h) in sizes {
+            let t = std::time::Instant::now();
+            self.detect(&RgbImage::new(w, h))?;
+            tracing::debug!(
+                width = w,
+                height = h,
+                ms = t.elapsed().as_millis() as u64,
+                "detector warmed up"
+            );
+        }
         Ok(())
+    }
+
+    /// Input shapes (width, height) this detector holds a session for.
+    pub fn session_shapes(&self) -> Vec<(u32, u32)> {
+        self.sessions.iter().map(|(s, _)| *s).collect()
     }
 
     pub fn provider(&self) -> Provider {
@@ -685,6 +722,19 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn warm_up_frame_sizes_parse_and_bad_ones_are_named() {
+        assert_eq!(parse_frame_sizes(""), Ok(vec![]));
+        assert_eq!(
+            parse_frame_sizes("1920x1080, 3840X2160"),
+            Ok(vec![(1920, 1080), (3840, 2160)])
+        );
+        for bad in ["1920", "1920x", "axb", "1920x0", "1920x1080,4k"] {
+            let e = parse_frame_sizes(bad).expect_err(bad);
+            assert!(e.contains("frame size"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::anonymize::{AnonymizeConfig, BlurMode, MaskShape};
-use crate::detect::{DetectorConfig, Device};
+use crate::detect::{DetectorConfig, Device, parse_frame_sizes};
 use crate::pipeline::OutputConfig;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -39,6 +39,9 @@ pub struct WorkerSettings {
     pub detect_tile_overlap: u32,
     pub detect_upscale: f32,
     pub detect_upscale_threshold: f32,
+    /// Frame sizes to warm each detector up on at start-up, `WIDTHxHEIGHT,...`
+    /// (empty = a 16:9 frame of `detect_max_side`).
+    pub detect_warmup_frames: String,
     pub blur_mode: BlurMode,
     pub mask_shape: MaskShape,
     pub mask_scale: f32,
@@ -70,6 +73,7 @@ impl Default for WorkerSettings {
             detect_tile_overlap: d.tile_overlap,
             detect_upscale: d.upscale,
             detect_upscale_threshold: d.upscale_threshold,
+            detect_warmup_frames: String::new(),
             blur_mode: a.mode,
             mask_shape: a.shape,
             mask_scale: a.mask_scale,
@@ -119,6 +123,8 @@ impl WorkerSettings {
             threads: self.worker_threads,
             upscale: self.detect_upscale,
             upscale_threshold: self.detect_upscale_threshold,
+            // validate() reports a malformed list; an unchecked one warms up the default.
+            warmup_frames: parse_frame_sizes(&self.detect_warmup_frames).unwrap_or_default(),
         }
     }
 
@@ -154,6 +160,8 @@ impl WorkerSettings {
         if self.detect_tile_overlap >= self.detect_tile_size {
             return Err("detect_tile_overlap must be smaller than detect_tile_size".into());
         }
+        parse_frame_sizes(&self.detect_warmup_frames)
+            .map_err(|e| format!("detect_warmup_frames: {e}"))?;
         if self.mask_scale < 1.0 {
             return Err("mask_scale below 1.0 would leave parts of faces unblurred".into());
         }

@@ -220,3 +220,25 @@ fn detect_command_writes_only_results_to_stdout_and_logs_to_stderr() {
         "JSON logs on stderr: {stderr}"
     );
 }
+
+#[test]
+fn warm_up_makes_a_session_for_every_shape_of_the_configured_frames() {
+    // A 4K frame brings two input shapes (whole-frame pass and native tiles); warming
+    // up on it prepares both, so no job pays for making a session.
+    let mut cfg = model_settings().detector();
+    let mut det = CenterFace::load(&cfg).expect("model loads");
+    det.warm_up().expect("default warm-up");
+    assert_eq!(det.session_shapes(), vec![(1920, 1088)]);
+    cfg.warmup_frames = vec![(3840, 2160)];
+    let mut det = CenterFace::load(&cfg).expect("model loads");
+    det.warm_up().expect("4K warm-up");
+    let shapes = det.session_shapes();
+    let tiles: Vec<_> = worker::detect::plan(3840, 2160, &cfg)
+        .iter()
+        .map(|p| (p.in_w, p.in_h))
+        .collect();
+    assert_eq!(shapes.len(), 2, "{shapes:?}");
+    for t in tiles {
+        assert!(shapes.contains(&t), "{t:?} not prepared: {shapes:?}");
+    }
+}
