@@ -123,6 +123,12 @@ pub struct DetectorConfig {
     /// Score a face found only in the enlarged pass needs (enlarging also makes texture
     /// look like faces, so this pass is held to a stricter bar).
     pub upscale_threshold: f32,
+    /// On frames that get the enlarged pass: a face the native pass scores below this
+    /// is kept only if the enlarged pass also sees it (0 = off). Texture that looks
+    /// a little like a face at one scale rarely does at both.
+    pub confirm_below: f32,
+    /// Score in the enlarged pass that counts as seeing a face for `confirm_below`.
+    pub confirm_threshold: f32,
     /// Frame sizes (width, height) run through each detector at start-up, so that every
     /// input shape they bring (whole-frame pass, tiles) has its session made and
     /// planned before the first job; empty = a 16:9 frame of `max_side`.
@@ -143,6 +149,8 @@ impl Default for DetectorConfig {
             threads: 0,
             upscale: 2.0,
             upscale_threshold: 0.5,
+            confirm_below: 0.3,
+            confirm_threshold: 0.1,
             warmup_frames: Vec::new(),
         }
     }
@@ -230,7 +238,14 @@ pub fn plan(w: u32, h: u32, cfg: &DetectorConfig) -> Vec<Pass> {
             h,
             in_w: round_up32(((w as f64 * u).round() as u32).max(1)),
             in_h: round_up32(((h as f64 * u).round() as u32).max(1)),
-            min_score: cfg.upscale_threshold.max(cfg.threshold),
+            // Low enough to confirm native faces (see `confirm_below`); only faces
+            // above the upscale threshold are added from this pass.
+            min_score: if cfg.confirm_below > cfg.threshold {
+                cfg.confirm_threshold
+                    .min(cfg.upscale_threshold.max(cfg.threshold))
+            } else {
+                cfg.upscale_threshold.max(cfg.threshold)
+            },
         });
     }
     if s < 1.0 {
@@ -261,6 +276,34 @@ pub fn nms(mut faces: Vec<Face>, iou: f32) -> Vec<Face> {
         }
     }
     keep
+}
+
+/// Overlap at which a box of the enlarged pass confirms a native-pass box (the two
+/// passes place the same face slightly differently).
+const CONFIRM_IOU: f32 = 0.4;
+
+/// Merges the enlarged pass (boxes at or above its `min_score`, after NMS) into the
+/// native faces of a small frame. Native faces scoring below `confirm_below` stay only
+/// where the enlarged pass sees them too; the enlarged pass adds faces scoring at least
+/// `upscale_threshold` that no kept native face covers (where both passes see a face,
+/// the native-scale box is kept: it fits better).
+pub fn merge_enlarged(native: Vec<Face>, enlarged: Vec<Face>, cfg: &DetectorConfig) -> Vec<Face> {
+    let mut faces: Vec<Face> = native
+        .into_iter()
+        .filter(|f| {
+            f.score >= cfg.confirm_below
+                || enlarged
+                    .iter()
+                    .any(|e| e.score >= cfg.confirm_threshold && e.iou(f) >= CONFIRM_IOU)
+        })
+        .collect();
+    let add = cfg.upscale_threshold.max(cfg.threshold);
+    let extra: Vec<Face> = enlarged
+        .into_iter()
+        .filter(|e| e.score >= add && faces.iter().all(|f| f.iou(e) < cfg.nms_iou))
+        .collect();
+    faces.extend(extra);
+    faces
 }
 
 /// Decodes CenterFace outputs of one input (`h`×`w` grid) into boxes in input pixels.
@@ -619,24 +662,20 @@ impl CenterFace {
 impl FaceDetector for CenterFace {
     fn detect(&mut self, image: &RgbImage) -> Result<Vec<Face>, DetectError> {
         let mut primary = Vec::new();
-        let mut enlarged = Vec::new();
+        let mut enlarged = None;
         for p in plan(image.width(), image.height(), &self.cfg) {
             let found = self.run_pass(image, &p)?;
             if p.in_w > p.w.div_ceil(32) * 32 {
-                enlarged.extend(found);
+                enlarged.get_or_insert_with(Vec::new).extend(found);
             } else {
                 primary.extend(found);
             }
         }
-        let mut faces = nms(primary, self.cfg.nms_iou);
-        // The enlarged pass only adds faces the others missed: where both see a face,
-        // the native-scale box is kept (it fits better).
-        let extra: Vec<Face> = nms(enlarged, self.cfg.nms_iou)
-            .into_iter()
-            .filter(|e| faces.iter().all(|f| f.iou(e) < self.cfg.nms_iou))
-            .collect();
-        faces.extend(extra);
-        Ok(faces)
+        let faces = nms(primary, self.cfg.nms_iou);
+        Ok(match enlarged {
+            Some(enlarged) => merge_enlarged(faces, nms(enlarged, self.cfg.nms_iou), &self.cfg),
+            None => faces,
+        })
     }
 
     fn model_id(&self) -> String {
@@ -705,8 +744,14 @@ mod tests {
         let p = plan(1024, 768, &cfg);
         assert_eq!(p.len(), 2);
         assert_eq!((p[1].in_w, p[1].in_h), (1920, 1440));
-        assert_eq!(p[1].min_score, 0.5);
+        // The enlarged pass reports down to the confirmation score.
+        assert_eq!(p[1].min_score, cfg.confirm_threshold);
         assert_eq!(p[0].min_score, cfg.threshold);
+        let no_confirm = DetectorConfig {
+            confirm_below: 0.0,
+            ..cfg.clone()
+        };
+        assert_eq!(plan(1024, 768, &no_confirm)[1].min_score, 0.5);
         let p = plan(640, 480, &cfg);
         assert_eq!((p[1].in_w, p[1].in_h), (1280, 960));
         let off = DetectorConfig::default();
@@ -722,6 +767,41 @@ mod tests {
             .len(),
             1
         );
+    }
+
+    #[test]
+    fn enlarged_pass_confirms_weak_native_faces_and_adds_strong_ones() {
+        let cfg = DetectorConfig::default(); // threshold 0.2, confirm below 0.3 at 0.1
+        let face = |x: f32, score: f32| Face {
+            x1: x,
+            y1: 10.0,
+            x2: x + 20.0,
+            y2: 34.0,
+            score,
+        };
+        let native = vec![
+            face(0.0, 0.9),    // strong: kept without confirmation
+            face(100.0, 0.25), // weak, seen by the enlarged pass at 0.12: kept
+            face(200.0, 0.25), // weak, enlarged pass sees it only at 0.05: dropped
+            face(300.0, 0.22), // weak, not seen at all: dropped
+        ];
+        let enlarged = vec![
+            face(101.0, 0.12),
+            face(203.0, 0.05),
+            face(400.0, 0.6),  // only the enlarged pass, strong: added
+            face(500.0, 0.45), // only the enlarged pass, below upscale_threshold: not added
+            face(1.0, 0.95),   // same face as a kept native one: the native box stays
+        ];
+        let got = merge_enlarged(native, enlarged, &cfg);
+        let xs: Vec<f32> = got.iter().map(|f| f.x1).collect();
+        assert_eq!(xs, vec![0.0, 100.0, 400.0]);
+        // Off: every native face stays.
+        let off = DetectorConfig {
+            confirm_below: 0.0,
+            ..cfg
+        };
+        let got = merge_enlarged(vec![face(300.0, 0.22)], vec![], &off);
+        assert_eq!(got.len(), 1);
     }
 
     #[test]

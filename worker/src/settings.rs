@@ -39,6 +39,8 @@ pub struct WorkerSettings {
     pub detect_tile_overlap: u32,
     pub detect_upscale: f32,
     pub detect_upscale_threshold: f32,
+    pub detect_confirm_below: f32,
+    pub detect_confirm_threshold: f32,
     /// Frame sizes to warm each detector up on at start-up, `WIDTHxHEIGHT,...`
     /// (empty = a 16:9 frame of `detect_max_side`).
     pub detect_warmup_frames: String,
@@ -73,6 +75,8 @@ impl Default for WorkerSettings {
             detect_tile_overlap: d.tile_overlap,
             detect_upscale: d.upscale,
             detect_upscale_threshold: d.upscale_threshold,
+            detect_confirm_below: d.confirm_below,
+            detect_confirm_threshold: d.confirm_threshold,
             detect_warmup_frames: String::new(),
             blur_mode: a.mode,
             mask_shape: a.shape,
@@ -123,6 +127,8 @@ impl WorkerSettings {
             threads: self.worker_threads,
             upscale: self.detect_upscale,
             upscale_threshold: self.detect_upscale_threshold,
+            confirm_below: self.detect_confirm_below,
+            confirm_threshold: self.detect_confirm_threshold,
             // validate() reports a malformed list; an unchecked one warms up the default.
             warmup_frames: parse_frame_sizes(&self.detect_warmup_frames).unwrap_or_default(),
         }
