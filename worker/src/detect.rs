@@ -156,6 +156,23 @@ impl Default for DetectorConfig {
     }
 }
 
+impl DetectorConfig {
+    /// Score a face found only in the enlarged pass needs to be added.
+    fn enlarged_add_score(&self) -> f32 {
+        self.upscale_threshold.max(self.threshold)
+    }
+
+    /// Lowest score the enlarged pass reports: down to `confirm_threshold` when it
+    /// confirms native faces, else only what it may add.
+    fn enlarged_min_score(&self) -> f32 {
+        if self.confirm_below > self.threshold {
+            self.confirm_threshold.min(self.enlarged_add_score())
+        } else {
+            self.enlarged_add_score()
+        }
+    }
+}
+
 /// Parses `WIDTHxHEIGHT[,WIDTHxHEIGHT...]` (e.g. `1920x1080,3840x2160`); empty = none.
 pub fn parse_frame_sizes(list: &str) -> Result<Vec<(u32, u32)>, String> {
     list.split(',')
@@ -238,14 +255,7 @@ pub fn plan(w: u32, h: u32, cfg: &DetectorConfig) -> Vec<Pass> {
             h,
             in_w: round_up32(((w as f64 * u).round() as u32).max(1)),
             in_h: round_up32(((h as f64 * u).round() as u32).max(1)),
-            // Low enough to confirm native faces (see `confirm_below`); only faces
-            // above the upscale threshold are added from this pass.
-            min_score: if cfg.confirm_below > cfg.threshold {
-                cfg.confirm_threshold
-                    .min(cfg.upscale_threshold.max(cfg.threshold))
-            } else {
-                cfg.upscale_threshold.max(cfg.threshold)
-            },
+            min_score: cfg.enlarged_min_score(),
         });
     }
     if s < 1.0 {
@@ -297,7 +307,7 @@ pub fn merge_enlarged(native: Vec<Face>, enlarged: Vec<Face>, cfg: &DetectorConf
                     .any(|e| e.score >= cfg.confirm_threshold && e.iou(f) >= CONFIRM_IOU)
         })
         .collect();
-    let add = cfg.upscale_threshold.max(cfg.threshold);
+    let add = cfg.enlarged_add_score();
     let extra: Vec<Face> = enlarged
         .into_iter()
         .filter(|e| e.score >= add && faces.iter().all(|f| f.iou(e) < cfg.nms_iou))
