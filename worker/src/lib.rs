@@ -32,12 +32,27 @@ pub fn load_detectors(
     n: usize,
 ) -> Result<Arc<DetectorPool>, DetectError> {
     let cfg = settings.detector();
-    let mut detectors: Vec<Box<dyn FaceDetector>> = Vec::with_capacity(n.max(1));
-    for _ in 0..n.max(1) {
-        let mut det = CenterFace::load(&cfg)?;
-        det.warm_up()?;
-        detectors.push(Box::new(det));
-    }
+    // Loaded and warmed up side by side: each is independent and, on CPU, runs on its
+    // own core, so start-up takes one detector's time rather than n of them.
+    let detectors = std::thread::scope(|scope| {
+        let loading: Vec<_> = (0..n.max(1))
+            .map(|_| {
+                scope.spawn(|| -> Result<Box<dyn FaceDetector>, DetectError> {
+                    let mut det = CenterFace::load(&cfg)?;
+                    det.warm_up()?;
+                    Ok(Box::new(det))
+                })
+            })
+            .collect();
+        loading
+            .into_iter()
+            .map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Err(DetectError::Inference("detector start-up panicked".into()))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+    })?;
     Ok(DetectorPool::new(detectors))
 }
 
